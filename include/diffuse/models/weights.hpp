@@ -1,0 +1,42 @@
+#pragma once
+// Loading a checkpoint into a module by name. Modules register their children under diffusers' and
+// transformers' names, so no mapping table is needed: every tensor in the checkpoint must be consumed
+// and every parameter filled, or the error lists the names on each side.
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+#include <torch/nn/module.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "diffuse/io/checkpoint.hpp"
+
+namespace diffuse {
+
+struct WeightLoadOptions {
+  c10::ScalarType dtype = c10::kFloat;  // floating-point tensors are converted to it
+  c10::Device device = c10::kCPU;
+  // Checkpoint names that are copies of a tied weight the module holds once, e.g. T5's
+  // "encoder.embed_tokens.weight" -> "shared.weight". Such a name may be present or absent.
+  std::map<std::string, std::string> tied_aliases;
+  // Parameters whose name contains one of these parts stay in float32 whatever `dtype` says
+  // (transformers' _keep_in_fp32_modules, e.g. T5's "wo" under float16).
+  std::vector<std::string> keep_in_float32;
+};
+
+// Replaces every parameter and buffer of `module` with the checkpoint's tensor of the same name,
+// converted and moved as `options` say. Throws diffuse::Error listing missing names, unexpected names
+// and shape mismatches (with both shapes) before touching the module.
+void load_weights(torch::nn::Module& module, const Checkpoint& checkpoint, const WeightLoadOptions& options);
+
+// Moves every parameter and buffer of `module` to `device` and floating-point ones to `dtype`,
+// keeping those matched by `keep_in_float32` in float32.
+void convert_module(torch::nn::Module& module, c10::ScalarType dtype, c10::Device device,
+                    const std::vector<std::string>& keep_in_float32 = {});
+
+// Total bytes of parameters and buffers.
+uint64_t module_bytes(const torch::nn::Module& module);
+
+}  // namespace diffuse

@@ -1,0 +1,133 @@
+#include "diffuse/io/json_config.hpp"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "diffuse/error.hpp"
+
+namespace diffuse {
+
+struct JsonConfig::Value {
+  nlohmann::json json;
+};
+
+JsonConfig::JsonConfig(std::shared_ptr<const Value> root, std::string source)
+    : root_(std::move(root)), source_(std::move(source)) {}
+
+JsonConfig JsonConfig::load(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(file.string() + ": cannot open config");
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse(text.str(), file.string());
+}
+
+JsonConfig JsonConfig::parse(std::string_view text, std::string source) {
+  auto value = std::make_shared<Value>();
+  value->json = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (value->json.is_discarded()) throw Error(source + ": not valid JSON");
+  if (!value->json.is_object()) throw Error(source + ": expected a JSON object at the top level");
+  return JsonConfig(std::move(value), std::move(source));
+}
+
+namespace {
+
+const nlohmann::json* lookup(const nlohmann::json& root, std::string_view key) {
+  auto it = root.find(std::string(key));
+  if (it == root.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+[[noreturn]] void wrong_type(const std::string& source, std::string_view key, const char* expected,
+                             const nlohmann::json& value) {
+  throw Error(source + ": key '" + std::string(key) + "' should be " + expected + ", got " +
+              value.type_name() + " " + value.dump());
+}
+
+}  // namespace
+
+bool JsonConfig::has(std::string_view key) const { return lookup(root_->json, key) != nullptr; }
+
+std::vector<std::string> JsonConfig::keys() const {
+  std::vector<std::string> out;
+  for (const auto& [key, value] : root_->json.items()) out.push_back(key);
+  return out;
+}
+
+int64_t JsonConfig::get_int(std::string_view key, int64_t fallback) const {
+  return get_optional_int(key).value_or(fallback);
+}
+
+std::optional<int64_t> JsonConfig::get_optional_int(std::string_view key) const {
+  const nlohmann::json* v = lookup(root_->json, key);
+  if (v == nullptr) return std::nullopt;
+  if (!v->is_number_integer()) wrong_type(source_, key, "an integer", *v);
+  return v->get<int64_t>();
+}
+
+double JsonConfig::get_double(std::string_view key, double fallback) const {
+  return get_optional_double(key).value_or(fallback);
+}
+
+std::optional<double> JsonConfig::get_optional_double(std::string_view key) const {
+  const nlohmann::json* v = lookup(root_->json, key);
+  if (v == nullptr) return std::nullopt;
+  if (!v->is_number()) wrong_type(source_, key, "a number", *v);
+  return v->get<double>();
+}
+
+bool JsonConfig::get_bool(std::string_view key, bool fallback) const {
+  const nlohmann::json* v = lookup(root_->json, key);
+  if (v == nullptr) return fallback;
+  if (!v->is_boolean()) wrong_type(source_, key, "true or false", *v);
+  return v->get<bool>();
+}
+
+std::string JsonConfig::get_string(std::string_view key, std::string fallback) const {
+  const nlohmann::json* v = lookup(root_->json, key);
+  if (v == nullptr) return fallback;
+  if (!v->is_string()) wrong_type(source_, key, "a string", *v);
+  return v->get<std::string>();
+}
+
+std::vector<int64_t> JsonConfig::get_int_list(std::string_view key, std::vector<int64_t> fallback) const {
+  const nlohmann::json* v = lookup(root_->json, key);
+  if (v == nullptr) return fallback;
+  if (!v->is_array()) wrong_type(source_, key, "a list of integers", *v);
+  std::vector<int64_t> out;
+  for (const auto& item : *v) {
+    if (!item.is_number_integer()) wrong_type(source_, key, "a list of integers", *v);
+    out.push_back(item.get<int64_t>());
+  }
+  return out;
+}
+
+std::vector<std::string> JsonConfig::get_string_list(std::string_view key,
+                                                     std::vector<std::string> fallback) const {
+  const nlohmann::json* v = lookup(root_->json, key);
+  if (v == nullptr) return fallback;
+  if (!v->is_array()) wrong_type(source_, key, "a list of strings", *v);
+  std::vector<std::string> out;
+  for (const auto& item : *v) {
+    if (!item.is_string()) wrong_type(source_, key, "a list of strings", *v);
+    out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
+std::optional<JsonConfig> JsonConfig::get_object(std::string_view key) const {
+  const nlohmann::json* v = lookup(root_->json, key);
+  if (v == nullptr) return std::nullopt;
+  if (!v->is_object()) wrong_type(source_, key, "an object", *v);
+  auto value = std::make_shared<Value>();
+  value->json = *v;
+  return JsonConfig(std::move(value), source_ + " [" + std::string(key) + "]");
+}
+
+std::string JsonConfig::dump(std::string_view key) const {
+  auto it = root_->json.find(std::string(key));
+  return it == root_->json.end() ? "" : it->dump();
+}
+
+}  // namespace diffuse

@@ -1,0 +1,113 @@
+#include "diffuse/models/layers.hpp"
+
+#include <ATen/core/Generator.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "diffuse/error.hpp"
+
+namespace diffuse {
+
+LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool has_bias,
+                       const at::TensorOptions& options) {
+  weight = register_parameter("weight", at::empty({out_features, in_features}, options), false);
+  if (has_bias) bias = register_parameter("bias", at::empty({out_features}, options), false);
+}
+
+at::Tensor LinearImpl::forward(const at::Tensor& input) { return at::linear(input, weight, bias); }
+
+LayerNormImpl::LayerNormImpl(int64_t dim_, double eps_, bool elementwise_affine, bool has_bias,
+                             const at::TensorOptions& options)
+    : dim(dim_), eps(eps_) {
+  if (elementwise_affine) {
+    weight = register_parameter("weight", at::empty({dim}, options), false);
+    if (has_bias) bias = register_parameter("bias", at::empty({dim}, options), false);
+  }
+}
+
+at::Tensor LayerNormImpl::forward(const at::Tensor& input) {
+  return at::layer_norm(input, {dim}, weight, bias, eps);
+}
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, bool elementwise_affine, const at::TensorOptions& options)
+    : eps(eps_) {
+  if (elementwise_affine) weight = register_parameter("weight", at::empty({dim}, options), false);
+}
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& input) {
+  const auto input_dtype = input.scalar_type();
+  at::Tensor variance = input.to(at::kFloat).pow(2).mean(-1, /*keepdim=*/true);
+  at::Tensor hidden = input * at::rsqrt(variance + eps);
+  if (weight.defined()) {
+    if (weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16)
+      hidden = hidden.to(weight.scalar_type());
+    hidden = hidden * weight;
+  } else {
+    hidden = hidden.to(input_dtype);
+  }
+  return hidden;
+}
+
+GroupNormImpl::GroupNormImpl(int64_t num_groups_, int64_t num_channels, double eps_, bool affine,
+                             const at::TensorOptions& options)
+    : num_groups(num_groups_), eps(eps_) {
+  if (num_channels % num_groups != 0)
+    throw Error("GroupNorm: " + std::to_string(num_channels) + " channels do not split into " +
+                std::to_string(num_groups) + " groups");
+  if (affine) {
+    weight = register_parameter("weight", at::empty({num_channels}, options), false);
+    bias = register_parameter("bias", at::empty({num_channels}, options), false);
+  }
+}
+
+at::Tensor GroupNormImpl::forward(const at::Tensor& input) {
+  return at::group_norm(input, num_groups, weight, bias, eps);
+}
+
+Conv2dImpl::Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride_,
+                       int64_t padding_, bool has_bias, const at::TensorOptions& options)
+    : stride(stride_), padding(padding_) {
+  weight = register_parameter("weight", at::empty({out_channels, in_channels, kernel_size, kernel_size}, options),
+                              false);
+  if (has_bias) bias = register_parameter("bias", at::empty({out_channels}, options), false);
+}
+
+at::Tensor Conv2dImpl::forward(const at::Tensor& input) {
+  return at::conv2d(input, weight, bias, {stride, stride}, {padding, padding});
+}
+
+EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim, const at::TensorOptions& options) {
+  weight = register_parameter("weight", at::empty({num_embeddings, embedding_dim}, options), false);
+}
+
+at::Tensor EmbeddingImpl::forward(const at::Tensor& indices) { return at::embedding(weight, indices); }
+
+at::Tensor activation(const at::Tensor& input, const std::string& name) {
+  if (name == "silu" || name == "swish") return at::silu(input);
+  if (name == "gelu") return at::gelu(input);
+  if (name == "gelu_tanh" || name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu-approximate")
+    return at::gelu(input, "tanh");
+  if (name == "quick_gelu") return input * at::sigmoid(1.702 * input);
+  if (name == "relu") return at::relu(input);
+  throw Error("unknown activation function '" + name + "'");
+}
+
+void init_random_parameters(torch::nn::Module& module, uint64_t seed) {
+  at::NoGradGuard no_grad;
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& item : module.named_parameters(/*recurse=*/true)) {
+    at::Tensor& p = item.value();
+    const std::string& name = item.key();
+    const bool is_bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
+    at::Tensor values;
+    if (is_bias) {
+      values = at::zeros(p.sizes(), at::kFloat);
+    } else if (p.dim() == 1) {
+      values = at::ones(p.sizes(), at::kFloat);
+    } else {
+      values = at::normal(0.0, 0.02, p.sizes(), generator, at::TensorOptions().dtype(at::kFloat));
+    }
+    p.copy_(values);
+  }
+}
+
+}  // namespace diffuse

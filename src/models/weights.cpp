@@ -1,0 +1,111 @@
+#include "diffuse/models/weights.hpp"
+
+#include <ATen/ATen.h>
+
+#include <set>
+
+#include "diffuse/error.hpp"
+
+namespace diffuse {
+namespace {
+
+std::string shape_text(c10::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+bool keeps_float32(const std::string& name, const std::vector<std::string>& keep) {
+  // Match a whole dotted component: "wo" matches "...DenseReluDense.wo.weight", not "...wo_1".
+  const std::string dotted = "." + name + ".";
+  for (const auto& part : keep) {
+    if (dotted.find("." + part + ".") != std::string::npos) return true;
+  }
+  return false;
+}
+
+std::string join(const std::vector<std::string>& names, size_t limit = 20) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < limit; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > limit) out += ", ... (" + std::to_string(names.size() - limit) + " more)";
+  return out;
+}
+
+// Every parameter and buffer of the module, by full name. The handles share their TensorImpl with the
+// module's own, so set_data on them changes the module.
+std::vector<std::pair<std::string, at::Tensor>> named_tensors(torch::nn::Module& module) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  std::function<void(torch::nn::Module&, const std::string&)> visit = [&](torch::nn::Module& m,
+                                                                          const std::string& prefix) {
+    for (auto& item : m.named_parameters(/*recurse=*/false)) out.emplace_back(prefix + item.key(), item.value());
+    for (auto& item : m.named_buffers(/*recurse=*/false)) out.emplace_back(prefix + item.key(), item.value());
+    for (auto& child : m.named_children()) visit(*child.value(), prefix + child.key() + ".");
+  };
+  visit(module, "");
+  return out;
+}
+
+}  // namespace
+
+void load_weights(torch::nn::Module& module, const Checkpoint& checkpoint, const WeightLoadOptions& options) {
+  auto targets = named_tensors(module);
+  std::vector<std::string> missing, mismatched, unexpected;
+  std::set<std::string> consumed;
+  for (auto& [name, tensor] : targets) {
+    const TensorInfo* info = checkpoint.find(name);
+    if (info == nullptr) {
+      missing.push_back(name);
+      continue;
+    }
+    consumed.insert(name);
+    if (c10::IntArrayRef(info->shape) != tensor.sizes())
+      mismatched.push_back(name + " (checkpoint " + shape_text(info->shape) + ", model " +
+                           shape_text(tensor.sizes()) + ")");
+  }
+  for (const auto& info : checkpoint.tensors()) {
+    if (consumed.count(info.name)) continue;
+    auto alias = options.tied_aliases.find(info.name);
+    if (alias != options.tied_aliases.end() && consumed.count(alias->second)) continue;
+    unexpected.push_back(info.name);
+  }
+  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
+    std::string message = checkpoint.source().string() + ": weights do not match the model";
+    if (!missing.empty()) message += "; missing from the checkpoint: " + join(missing);
+    if (!unexpected.empty()) message += "; not in the model: " + join(unexpected);
+    if (!mismatched.empty()) message += "; shape mismatch: " + join(mismatched);
+    throw Error(message);
+  }
+
+  at::NoGradGuard no_grad;
+  for (auto& [name, tensor] : targets) {
+    const TensorInfo& info = checkpoint.info(name);
+    c10::ScalarType stored = safetensors_scalar_type(info.dtype);
+    c10::ScalarType target = stored;
+    if (c10::isFloatingType(stored))
+      target = keeps_float32(name, options.keep_in_float32) ? c10::kFloat : options.dtype;
+    // set_data swaps the storage in place: the module keeps its parameter objects, and the
+    // placeholder allocation is released.
+    tensor.set_data(checkpoint.load(name, target, options.device));
+  }
+}
+
+void convert_module(torch::nn::Module& module, c10::ScalarType dtype, c10::Device device,
+                    const std::vector<std::string>& keep_in_float32) {
+  at::NoGradGuard no_grad;
+  for (auto& [name, tensor] : named_tensors(module)) {
+    if (!tensor.defined()) continue;
+    c10::ScalarType target = tensor.scalar_type();
+    if (c10::isFloatingType(target)) target = keeps_float32(name, keep_in_float32) ? c10::kFloat : dtype;
+    if (tensor.scalar_type() != target || tensor.device() != device)
+      tensor.set_data(tensor.to(device, target));
+  }
+}
+
+uint64_t module_bytes(const torch::nn::Module& module) {
+  uint64_t total = 0;
+  for (const auto& p : module.parameters()) total += p.numel() * p.element_size();
+  for (const auto& b : module.buffers()) total += b.numel() * b.element_size();
+  return total;
+}
+
+}  // namespace diffuse

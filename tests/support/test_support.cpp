@@ -1,0 +1,51 @@
+#include "support/test_support.hpp"
+
+#include <cstdlib>
+#include <sstream>
+
+namespace diffuse::test {
+
+std::optional<std::filesystem::path> fixtures_dir() {
+  std::filesystem::path dir = DIFFUSE_FIXTURES_DIR;
+  if (const char* env = std::getenv("DIFFUSE_FIXTURES"); env != nullptr && *env != '\0') dir = env;
+  if (!std::filesystem::exists(dir / "tiny-flux" / "reference.safetensors")) return std::nullopt;
+  return dir;
+}
+
+std::filesystem::path tiny_flux_pipeline() { return *fixtures_dir() / "tiny-flux" / "pipeline"; }
+
+const SafetensorsFile& tiny_flux_reference() {
+  static const SafetensorsFile reference(*fixtures_dir() / "tiny-flux" / "reference.safetensors");
+  return reference;
+}
+
+std::filesystem::path temporary_folder(const std::string& name) {
+  std::filesystem::path dir = std::filesystem::path(DIFFUSE_TEST_BINARY_DIR) / "tmp" / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
+  at::Tensor a = actual.detach().to(at::kCPU, at::kDouble);
+  at::Tensor b = expected.detach().to(at::kCPU, at::kDouble);
+  const double scale = b.abs().max().item<double>();
+  const double diff = (a - b).abs().max().item<double>();
+  return scale > 0 ? diff / scale : diff;
+}
+
+::testing::AssertionResult tensors_close(const at::Tensor& actual, const at::Tensor& expected, double tolerance) {
+  if (actual.sizes() != expected.sizes()) {
+    std::ostringstream out;
+    out << "shape " << actual.sizes() << " != expected " << expected.sizes();
+    return ::testing::AssertionFailure() << out.str();
+  }
+  const double error = relative_error(actual, expected);
+  if (error <= tolerance) return ::testing::AssertionSuccess();
+  std::ostringstream out;
+  out << "max|a-b|/max|b| = " << error << " > " << tolerance << "\nactual (first values): "
+      << actual.detach().flatten().slice(0, 0, 8) << "\nexpected: " << expected.detach().flatten().slice(0, 0, 8);
+  return ::testing::AssertionFailure() << out.str();
+}
+
+}  // namespace diffuse::test

@@ -1,0 +1,40 @@
+#pragma once
+// What the tests share: where the reference fixtures are, and how tensors are compared with them.
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "diffuse/io/safetensors.hpp"
+
+namespace diffuse::test {
+
+// ../shared/fixtures beside the checkout (or $DIFFUSE_FIXTURES); nullopt when absent.
+std::optional<std::filesystem::path> fixtures_dir();
+// fixtures_dir()/tiny-flux/pipeline; call only after DIFFUSE_REQUIRE_FIXTURES().
+std::filesystem::path tiny_flux_pipeline();
+// The reference tensors made by diffusers for the tiny-flux call.
+const SafetensorsFile& tiny_flux_reference();
+// A fresh empty folder under the build tree for one test's files.
+std::filesystem::path temporary_folder(const std::string& name);
+
+// max|actual - expected| / max|expected|, in float64, after moving both to the CPU.
+double relative_error(const at::Tensor& actual, const at::Tensor& expected);
+
+// Asserts shapes equal and relative_error <= tolerance, printing both values on failure.
+::testing::AssertionResult tensors_close(const at::Tensor& actual, const at::Tensor& expected, double tolerance);
+
+}  // namespace diffuse::test
+
+#define DIFFUSE_REQUIRE_FIXTURES()                                                          \
+  do {                                                                                      \
+    if (!::diffuse::test::fixtures_dir())                                                   \
+      GTEST_SKIP() << "reference fixtures not found at " DIFFUSE_FIXTURES_DIR               \
+                      " (set DIFFUSE_FIXTURES to their folder); skipping";                  \
+  } while (0)
+
+#define EXPECT_TENSORS_CLOSE(actual, expected, tolerance) \
+  EXPECT_TRUE(::diffuse::test::tensors_close((actual), (expected), (tolerance)))
