@@ -1,0 +1,1 @@
+// Intentionally empty: the translation unit that carries a shared precompiled header.
