@@ -9,7 +9,9 @@ find_package(PNG REQUIRED)
 
 find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h)
 find_library(SENTENCEPIECE_LIBRARY sentencepiece)
-if(NOT SENTENCEPIECE_INCLUDE_DIR OR NOT SENTENCEPIECE_LIBRARY)
+# The trainer makes a small T5 vocabulary for random pipelines (make_random_pipeline).
+find_library(SENTENCEPIECE_TRAIN_LIBRARY sentencepiece_train)
+if(NOT SENTENCEPIECE_INCLUDE_DIR OR NOT SENTENCEPIECE_LIBRARY OR NOT SENTENCEPIECE_TRAIN_LIBRARY)
   message(FATAL_ERROR "sentencepiece not found: install libsentencepiece-dev (scripts/setup.sh does)")
 endif()
 
@@ -35,7 +37,7 @@ function(diffuse_link_private_dependencies target)
   target_include_directories(${target} BEFORE PRIVATE ${fmt_include})
   target_include_directories(${target} PRIVATE ${SENTENCEPIECE_INCLUDE_DIR})
   target_link_libraries(${target} PRIVATE spdlog::spdlog fmt::fmt nlohmann_json::nlohmann_json
-                        PNG::PNG ${SENTENCEPIECE_LIBRARY})
+                        PNG::PNG ${SENTENCEPIECE_LIBRARY} ${SENTENCEPIECE_TRAIN_LIBRARY})
   if(DIFFUSE_HAS_NCCL)
     target_link_libraries(${target} PRIVATE NCCL::NCCL)
   endif()

@@ -258,3 +258,22 @@ TEST(ShardedCheckpoint, AFolderWithNoWeightsOrSeveralCandidates) {
     EXPECT_NE(std::string(e.what()).find("one.safetensors"), std::string::npos) << e.what();
   }
 }
+
+TEST(ShardedCheckpoint, SaveCheckpointWritesShardsAndAnIndexThatOpenReads) {
+  fs::path dir = test::temporary_folder("save_checkpoint");
+  std::vector<std::pair<std::string, at::Tensor>> tensors = {
+      {"a", at::randn({64})}, {"b", at::randn({64})}, {"c", at::randn({32})}, {"d", at::randn({200})}};
+  // 300 bytes a shard: a+b (512 B) cannot share one, so a | b | c | d.
+  auto files = save_checkpoint(dir, "model", tensors, 300);
+  ASSERT_EQ(files.size(), 5u);
+  EXPECT_EQ(files[0].filename(), "model-00001-of-00004.safetensors");
+  EXPECT_EQ(files.back().filename(), "model.safetensors.index.json");
+  Checkpoint checkpoint = Checkpoint::open(dir);
+  EXPECT_EQ(checkpoint.files().size(), 4u);
+  for (const auto& [name, tensor] : tensors) EXPECT_TRUE(at::equal(checkpoint.load(name), tensor)) << name;
+
+  fs::path single = test::temporary_folder("save_checkpoint_single");
+  files = save_checkpoint(single, "diffusion_pytorch_model", tensors);
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_EQ(Checkpoint::open(single).tensors().size(), 4u);
+}

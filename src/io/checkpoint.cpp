@@ -1,11 +1,13 @@
 #include "diffuse/io/checkpoint.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "diffuse/error.hpp"
+#include "io/atomic_file.hpp"
 
 namespace diffuse {
 namespace {
@@ -134,6 +136,44 @@ uint64_t Checkpoint::total_bytes() const {
   uint64_t total = 0;
   for (const auto& t : tensors_) total += t.byte_size();
   return total;
+}
+
+std::vector<std::filesystem::path> save_checkpoint(const std::filesystem::path& folder, const std::string& base_name,
+                                                   const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                                   uint64_t max_shard_bytes) {
+  // Greedy: tensors in the given order fill a shard until the next one would not fit.
+  std::vector<std::vector<std::pair<std::string, at::Tensor>>> shards(1);
+  uint64_t shard_bytes = 0, total_bytes = 0;
+  for (const auto& item : tensors) {
+    const uint64_t bytes = static_cast<uint64_t>(item.second.numel()) * item.second.element_size();
+    if (shard_bytes > 0 && shard_bytes + bytes > max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(item);
+    shard_bytes += bytes;
+    total_bytes += bytes;
+  }
+  std::vector<std::filesystem::path> written;
+  if (shards.size() == 1) {
+    written.push_back(folder / (base_name + ".safetensors"));
+    save_safetensors(written.back(), tensors, {{"format", "pt"}});
+    return written;
+  }
+  nlohmann::json index;
+  index["metadata"] = {{"total_size", total_bytes}};
+  index["weight_map"] = nlohmann::json::object();
+  char name[64];
+  for (size_t i = 0; i < shards.size(); ++i) {
+    std::snprintf(name, sizeof name, "-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    const std::string file = base_name + name;
+    save_safetensors(folder / file, shards[i], {{"format", "pt"}});
+    written.push_back(folder / file);
+    for (const auto& item : shards[i]) index["weight_map"][item.first] = file;
+  }
+  written.push_back(folder / (base_name + ".safetensors.index.json"));
+  write_file_atomically(written.back(), [&](std::ostream& out) { out << index.dump(2) << "\n"; });
+  return written;
 }
 
 at::Tensor Checkpoint::view(std::string_view name) const { return file_of(name).view(name); }

@@ -45,6 +45,13 @@ class Checkpoint {
   std::vector<size_t> file_of_tensor_;   // parallel to tensors_: index into files_
 };
 
+// Writes a model's tensors into `folder` as diffusers does: `<base_name>.safetensors` when they fit in
+// one shard of `max_shard_bytes`, else `<base_name>-0000i-of-0000n.safetensors` shards and the
+// `<base_name>.safetensors.index.json` that maps each tensor to its shard. Returns the files written.
+std::vector<std::filesystem::path> save_checkpoint(const std::filesystem::path& folder, const std::string& base_name,
+                                                   const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                                   uint64_t max_shard_bytes = uint64_t{10} << 30);
+
 // The weights file or index inside a model folder, as Checkpoint::open picks it.
 std::filesystem::path find_weights_file(const std::filesystem::path& folder);
 

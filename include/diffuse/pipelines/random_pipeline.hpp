@@ -1,0 +1,46 @@
+#pragma once
+// Pipeline folders with random weights, in diffusers' format, for tests, demos and benchmarks: the
+// same layout, config keys and tensor names as a published FLUX.1 folder, at a named shape.
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "diffuse/io/configs.hpp"
+
+namespace diffuse {
+
+// Every component's config for one named shape.
+struct FluxShape {
+  ClipTextConfig text_encoder;
+  T5Config text_encoder_2;
+  FluxTransformerConfig transformer;
+  AutoencoderKLConfig vae;
+  FlowMatchEulerDiscreteSchedulerConfig scheduler;
+};
+
+// "flux-tiny" (seconds on a CPU; the shapes of ../shared/fixtures/tiny-flux) or "flux-dev"
+// (FLUX.1-dev's full shape, 12B transformer parameters). Throws diffuse::Error for other names.
+FluxShape flux_shape(std::string_view name);
+std::vector<std::string> flux_shape_names();
+
+struct RandomPipelineOptions {
+  std::string shape = "flux-tiny";
+  c10::ScalarType dtype = c10::kFloat;  // of the stored weights
+  uint64_t seed = 0;
+  // A pipeline folder whose tokenizer/ and tokenizer_2/ are copied (e.g. FLUX.1-dev's); without it a
+  // small byte-level CLIP vocabulary and a small SentencePiece model are made here.
+  std::optional<std::filesystem::path> tokenizers_from;
+  // Components larger than this are written as shards with an index, as diffusers does.
+  uint64_t max_shard_bytes = uint64_t{5} << 30;
+};
+
+// Writes the folder (created if needed; existing files of the same names are replaced).
+void write_random_flux_pipeline(const std::filesystem::path& folder, const RandomPipelineOptions& options = {});
+
+}  // namespace diffuse
