@@ -26,6 +26,11 @@ std::filesystem::path temporary_folder(const std::string& name) {
   return dir;
 }
 
+c10::Device test_device() {
+  const char* env = std::getenv("DIFFUSE_TEST_DEVICE");
+  return c10::Device(env != nullptr && *env != '\0' ? env : "cpu");
+}
+
 double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
   at::Tensor a = actual.detach().to(at::kCPU, at::kDouble);
   at::Tensor b = expected.detach().to(at::kCPU, at::kDouble);

@@ -2,6 +2,7 @@
 // What the tests share: where the reference fixtures are, and how tensors are compared with them.
 
 #include <ATen/ATen.h>
+#include <c10/core/Device.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -20,6 +21,9 @@ std::filesystem::path tiny_flux_pipeline();
 const SafetensorsFile& tiny_flux_reference();
 // A fresh empty folder under the build tree for one test's files.
 std::filesystem::path temporary_folder(const std::string& name);
+
+// Where parity tests run their models: $DIFFUSE_TEST_DEVICE ("cuda" on the GPU machine), else the CPU.
+c10::Device test_device();
 
 // max|actual - expected| / max|expected|, in float64, after moving both to the CPU.
 double relative_error(const at::Tensor& actual, const at::Tensor& expected);
