@@ -7,13 +7,9 @@ find_package(spdlog REQUIRED)
 find_package(fmt REQUIRED)
 find_package(PNG REQUIRED)
 
-find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h)
-find_library(SENTENCEPIECE_LIBRARY sentencepiece)
-# The trainer makes a small T5 vocabulary for random pipelines (make_random_pipeline).
-find_library(SENTENCEPIECE_TRAIN_LIBRARY sentencepiece_train)
-if(NOT SENTENCEPIECE_INCLUDE_DIR OR NOT SENTENCEPIECE_LIBRARY OR NOT SENTENCEPIECE_TRAIN_LIBRARY)
-  message(FATAL_ERROR "sentencepiece not found: install libsentencepiece-dev (scripts/setup.sh does)")
-endif()
+# No libsentencepiece: Debian's copy exports its own protobuf-lite symbols, which take the place of
+# libprotobuf's inside libtorch's dependencies and crash programs at start-up. spiece.model is read
+# directly instead (src/tokenizers/sentencepiece_model.cpp).
 
 # CUDA: on when libtorch itself was built with it.
 set(DIFFUSE_HAS_CUDA OFF)
@@ -35,9 +31,8 @@ message(STATUS "diffuse: CUDA support ${DIFFUSE_HAS_CUDA}, NCCL support ${DIFFUS
 function(diffuse_link_private_dependencies target)
   get_target_property(fmt_include fmt::fmt INTERFACE_INCLUDE_DIRECTORIES)
   target_include_directories(${target} BEFORE PRIVATE ${fmt_include})
-  target_include_directories(${target} PRIVATE ${SENTENCEPIECE_INCLUDE_DIR})
   target_link_libraries(${target} PRIVATE spdlog::spdlog fmt::fmt nlohmann_json::nlohmann_json
-                        PNG::PNG ${SENTENCEPIECE_LIBRARY} ${SENTENCEPIECE_TRAIN_LIBRARY})
+                        PNG::PNG)
   if(DIFFUSE_HAS_NCCL)
     target_link_libraries(${target} PRIVATE NCCL::NCCL)
   endif()

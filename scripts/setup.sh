@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libgloo-dev
-  nlohmann-json3-dev libspdlog-dev libfmt-dev libsentencepiece-dev libpng-dev
+  nlohmann-json3-dev libspdlog-dev libfmt-dev libpng-dev
   libgtest-dev libbenchmark-dev
 )
 

@@ -1,0 +1,62 @@
+#pragma once
+// What CLIP's and T5's tokenizers share: tokenizer_config.json, special tokens split out of the
+// raw text, and truncation + padding into fixed-length rows.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace diffuse::tokenizers {
+
+// Reads a JSON file, naming it in any error.
+nlohmann::json read_json_file(const std::filesystem::path& file);
+
+// tokenizer_config.json (an empty object when the folder has none).
+struct TokenizerConfig {
+  std::filesystem::path file;
+  nlohmann::json json = nlohmann::json::object();
+
+  static TokenizerConfig load(const std::filesystem::path& folder);
+  // A special token given as a string or as an AddedToken object {"content": ...}; nullopt when
+  // absent or null.
+  std::optional<std::string> token(const char* key) const;
+  // A list of special tokens (strings or AddedToken objects), or an object of name -> token; empty
+  // when absent.
+  std::vector<std::string> token_list(const char* key) const;
+  int64_t integer(const char* key, int64_t fallback) const;
+};
+
+// Special (added) tokens, matched in the raw text before any normalization, leftmost first and
+// longest first at the same place, as tokenizers' AddedVocabulary does.
+class SpecialTokens {
+ public:
+  void add(std::string content, int64_t id);
+  int64_t find(std::string_view content) const;  // -1 when not special
+
+  struct Piece {
+    std::string_view text;
+    int64_t id;  // -1: ordinary text, to be tokenized
+  };
+  std::vector<Piece> split(std::string_view text) const;
+
+ private:
+  std::vector<std::pair<std::string, int64_t>> tokens_;
+  bool first_byte_[256] = {};
+};
+
+// Truncates `ids` (content plus `trailing` special ids at its end) to `max_length` by dropping
+// content from the right, keeping the trailing specials, then pads with `pad_id` to `max_length`.
+std::vector<int64_t> truncate_and_pad(std::vector<int64_t> ids, int64_t max_length, size_t trailing,
+                                      int64_t pad_id);
+
+// Rows of equal length as an int64 CPU tensor [rows, length].
+at::Tensor to_tensor(const std::vector<std::vector<int64_t>>& rows, int64_t length);
+
+}  // namespace diffuse::tokenizers
