@@ -45,7 +45,7 @@ at::Tensor ClipAttentionImpl::forward(const at::Tensor& hidden_states) {
   at::Tensor v = heads(v_proj->forward(hidden_states));
   AttentionOptions attention;
   attention.is_causal = true;
-  at::Tensor out = scaled_dot_product_attention(q, k, v, attention);
+  at::Tensor out = diffuse::scaled_dot_product_attention(q, k, v, attention);
   return out_proj->forward(out.transpose(1, 2).reshape({batch, length, hidden}));
 }
 

@@ -74,7 +74,7 @@ at::Tensor T5AttentionImpl::forward(const at::Tensor& hidden_states, const at::T
   AttentionOptions attention;
   attention.mask = position_bias;
   attention.scale = 1.0;  // T5 does not scale scores: Mesh TensorFlow folded 1/sqrt(d_kv) into q's init
-  at::Tensor out = scaled_dot_product_attention(heads(q->forward(hidden_states)), heads(k->forward(hidden_states)),
+  at::Tensor out = diffuse::scaled_dot_product_attention(heads(q->forward(hidden_states)), heads(k->forward(hidden_states)),
                                                 heads(v->forward(hidden_states)), attention);
   return o->forward(out.transpose(1, 2).reshape({batch, length, num_heads * d_kv}));
 }

@@ -1,0 +1,108 @@
+#pragma once
+// The blocks of FLUX.1's transformer (diffusers' transformer_flux.py): joint attention over text and
+// image tokens, the dual-stream block (separate weights per stream, one attention) and the
+// single-stream block (one set of weights over the concatenated sequence, attention and MLP in parallel).
+//
+// Sequence convention: attention sees [text tokens, image tokens] in that order, and the rotary
+// embedding has one row per token of that same sequence. Blocks never look past the tokens they are
+// given, so a context-parallel caller can hand each rank its own shard of text, image and rotary rows.
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include "diffuse/models/embeddings.hpp"
+#include "diffuse/models/layers.hpp"
+#include "diffuse/models/normalization.hpp"
+
+namespace diffuse {
+
+// diffusers' FeedForward(dim, dim_out, activation_fn="gelu-approximate"): net.0 is a GELU module
+// holding the up projection (net.0.proj), net.1 dropout (no parameters), net.2 the down projection.
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t mult, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);
+  Linear proj_in{nullptr};   // net.0.proj
+  Linear proj_out{nullptr};  // net.2
+};
+TORCH_MODULE(FeedForward);
+
+// Both streams' attention outputs; encoder_hidden_states is undefined for the single-stream form.
+struct FluxAttentionOutput {
+  at::Tensor hidden_states;          // image tokens (dual) or the whole sequence (single)
+  at::Tensor encoder_hidden_states;  // text tokens (dual only)
+};
+
+// diffusers' FluxAttention with FluxAttnProcessor. The dual-stream form (`added_kv`) projects text
+// tokens with their own add_{q,k,v}_proj / norm_added_{q,k} and projects outputs back with to_out.0
+// (image) and to_add_out (text); the single-stream form is "pre_only": no output projection.
+// Queries and keys get RMSNorm per head (eps 1e-6), then the rotary embedding.
+class FluxAttentionImpl : public torch::nn::Module {
+ public:
+  FluxAttentionImpl(int64_t dim, int64_t heads, int64_t head_dim, bool added_kv, const at::TensorOptions& options);
+
+  // hidden_states [batch, seq, dim]; encoder_hidden_states [batch, text_seq, dim] (dual form only) is
+  // placed before them; `rotary` has one row per token of [text, image].
+  FluxAttentionOutput forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
+                              const RotaryEmbedding& rotary);
+
+  // The attention proper, q/k/v [batch, heads, seq, head_dim] -> [batch, heads, seq, head_dim]. Every
+  // FLUX attention goes through here and nothing else in the blocks assumes it sees the whole
+  // sequence, so that context parallelism replaces only this call.
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+  int64_t heads, head_dim;
+  Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
+  RMSNorm norm_q{nullptr}, norm_k{nullptr};
+  // Dual-stream form only (empty otherwise):
+  Linear add_q_proj{nullptr}, add_k_proj{nullptr}, add_v_proj{nullptr};
+  RMSNorm norm_added_q{nullptr}, norm_added_k{nullptr};
+  torch::nn::ModuleList to_out{nullptr};  // [Linear, dropout placeholder]
+  Linear to_add_out{nullptr};
+
+ private:
+  // [batch, seq, heads * head_dim] -> RMSNorm per head -> [batch, heads, seq, head_dim].
+  at::Tensor split_heads(const at::Tensor& x, RMSNorm& norm) const;
+};
+TORCH_MODULE(FluxAttention);
+
+// What a FLUX block returns: both streams, text first as diffusers returns them.
+struct FluxBlockOutput {
+  at::Tensor encoder_hidden_states;  // [batch, text_seq, dim]
+  at::Tensor hidden_states;          // [batch, image_seq, dim]
+};
+
+// diffusers' FluxTransformerBlock (MM-DiT): each stream has its own adaLN-Zero modulation, attention
+// projections and MLP; the two streams meet only inside the joint attention.
+class FluxTransformerBlockImpl : public torch::nn::Module {
+ public:
+  FluxTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, const at::TensorOptions& options);
+  FluxBlockOutput forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
+                          const at::Tensor& temb, const RotaryEmbedding& rotary);
+  AdaLayerNormZero norm1{nullptr}, norm1_context{nullptr};
+  FluxAttention attn{nullptr};
+  LayerNorm norm2{nullptr}, norm2_context{nullptr};  // eps 1e-6, no parameters
+  FeedForward ff{nullptr}, ff_context{nullptr};
+};
+TORCH_MODULE(FluxTransformerBlock);
+
+// diffusers' FluxSingleTransformerBlock: text and image tokens concatenated, one modulation, attention
+// and a tanh-GELU MLP side by side, projected back together by proj_out.
+class FluxSingleTransformerBlockImpl : public torch::nn::Module {
+ public:
+  FluxSingleTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, const at::TensorOptions& options,
+                                 double mlp_ratio = 4.0);
+  FluxBlockOutput forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
+                          const at::Tensor& temb, const RotaryEmbedding& rotary);
+  AdaLayerNormZeroSingle norm{nullptr};
+  Linear proj_mlp{nullptr}, proj_out{nullptr};
+  FluxAttention attn{nullptr};
+};
+TORCH_MODULE(FluxSingleTransformerBlock);
+
+// float16 overflows past 65504 on FLUX's residual stream; diffusers clips there, so do we (no-op otherwise).
+at::Tensor clip_float16(const at::Tensor& x);
+
+}  // namespace diffuse

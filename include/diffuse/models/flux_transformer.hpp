@@ -1,0 +1,70 @@
+#pragma once
+// FLUX.1's denoiser, diffusers' FluxTransformer2DModel: packed latent tokens and T5 text tokens go
+// through dual-stream blocks (own weights per stream, joint attention), then single-stream blocks
+// over the concatenated sequence; the image tokens come out as the flow-matching velocity.
+// Children carry diffusers' names, so a diffusers `transformer/` folder loads by name.
+
+#include <ATen/ATen.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <filesystem>
+
+#include "diffuse/io/configs.hpp"
+#include "diffuse/models/embeddings.hpp"
+#include "diffuse/models/flux_blocks.hpp"
+#include "diffuse/models/layers.hpp"
+#include "diffuse/models/normalization.hpp"
+
+namespace diffuse {
+
+// One call's inputs, as FluxPipeline passes them to diffusers' forward. Floating-point inputs should be
+// in the model's dtype (hidden_states' dtype is the compute dtype) and on its device.
+struct FluxTransformerInputs {
+  at::Tensor hidden_states;          // [batch, image_seq, in_channels], packed latents
+  at::Tensor encoder_hidden_states;  // [batch, text_seq, joint_attention_dim], T5 output
+  at::Tensor pooled_projections;     // [batch, pooled_projection_dim], CLIP pooled output
+  at::Tensor timestep;               // [batch], the scheduler's timestep / 1000 (the model multiplies by 1000)
+  at::Tensor img_ids;                // [image_seq, 3] position ids (a leading batch dimension is dropped)
+  at::Tensor txt_ids;                // [text_seq, 3]
+  at::Tensor guidance;               // [batch] guidance scale, exactly when config.guidance_embeds; else undefined
+};
+
+class FluxTransformer2DModelImpl : public torch::nn::Module {
+ public:
+  // Parameters are allocated uninitialized with `options`: load weights next (load_weights), or fill
+  // them with init_random_parameters for a model without a checkpoint.
+  FluxTransformer2DModelImpl(const FluxTransformerConfig& config, const at::TensorOptions& options);
+
+  // -> [batch, image_seq, patch_size^2 * out_channels]. Throws diffuse::Error naming the input whose
+  // shape does not fit the config.
+  at::Tensor forward(const FluxTransformerInputs& inputs);
+
+  // The rotary embedding of the joint sequence [text, image], from their ids.
+  RotaryEmbedding rotary_embedding(const at::Tensor& txt_ids, const at::Tensor& img_ids) const;
+
+  const FluxTransformerConfig& config() const { return config_; }
+
+  CombinedTimestepTextProjEmbeddings time_text_embed{nullptr};
+  Linear context_embedder{nullptr}, x_embedder{nullptr};
+  torch::nn::ModuleList transformer_blocks{nullptr};         // FluxTransformerBlock x num_layers
+  torch::nn::ModuleList single_transformer_blocks{nullptr};  // FluxSingleTransformerBlock x num_single_layers
+  AdaLayerNormContinuous norm_out{nullptr};
+  Linear proj_out{nullptr};
+
+ private:
+  void check_inputs(const FluxTransformerInputs& inputs) const;
+  FluxTransformerConfig config_;
+};
+TORCH_MODULE(FluxTransformer2DModel);
+
+// Loads a diffusers `transformer/` folder: config.json and the safetensors weights (one file or shards),
+// converted to `dtype` on `device`. Throws diffuse::Error naming the file, or the tensors that do not
+// match the model.
+FluxTransformer2DModel load_flux_transformer(const std::filesystem::path& folder, c10::ScalarType dtype,
+                                             c10::Device device);
+
+}  // namespace diffuse

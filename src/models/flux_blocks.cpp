@@ -1,0 +1,146 @@
+#include "diffuse/models/flux_blocks.hpp"
+
+#include <string>
+
+#include "diffuse/error.hpp"
+#include "diffuse/models/attention.hpp"
+
+namespace diffuse {
+namespace {
+
+constexpr double kQkNormEps = 1e-6;
+constexpr double kBlockNormEps = 1e-6;
+
+}  // namespace
+
+at::Tensor clip_float16(const at::Tensor& x) {
+  return x.scalar_type() == at::kHalf ? x.clamp(-65504, 65504) : x;
+}
+
+FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t mult, const at::TensorOptions& options) {
+  auto gelu = std::make_shared<torch::nn::Module>();  // diffusers' GELU: a module whose child is `proj`
+  proj_in = gelu->register_module("proj", Linear(dim, dim * mult, /*bias=*/true, options));
+  proj_out = Linear(dim * mult, dim_out, /*bias=*/true, options);
+  torch::nn::ModuleList net;
+  net->push_back(gelu);
+  net->push_back(NoParameters());  // dropout
+  net->push_back(proj_out);
+  register_module("net", net);
+}
+
+at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
+  return proj_out(at::gelu(proj_in(x), "tanh"));
+}
+
+FluxAttentionImpl::FluxAttentionImpl(int64_t dim, int64_t heads_, int64_t head_dim_, bool added_kv,
+                                     const at::TensorOptions& options)
+    : heads(heads_), head_dim(head_dim_) {
+  const int64_t inner = heads * head_dim;
+  to_q = register_module("to_q", Linear(dim, inner, /*bias=*/true, options));
+  to_k = register_module("to_k", Linear(dim, inner, /*bias=*/true, options));
+  to_v = register_module("to_v", Linear(dim, inner, /*bias=*/true, options));
+  norm_q = register_module("norm_q", RMSNorm(head_dim, kQkNormEps, /*elementwise_affine=*/true, options));
+  norm_k = register_module("norm_k", RMSNorm(head_dim, kQkNormEps, /*elementwise_affine=*/true, options));
+  if (!added_kv) return;  // single-stream: pre_only, the block projects the output itself
+  add_q_proj = register_module("add_q_proj", Linear(dim, inner, /*bias=*/true, options));
+  add_k_proj = register_module("add_k_proj", Linear(dim, inner, /*bias=*/true, options));
+  add_v_proj = register_module("add_v_proj", Linear(dim, inner, /*bias=*/true, options));
+  norm_added_q = register_module("norm_added_q", RMSNorm(head_dim, kQkNormEps, true, options));
+  norm_added_k = register_module("norm_added_k", RMSNorm(head_dim, kQkNormEps, true, options));
+  to_out = torch::nn::ModuleList();
+  to_out->push_back(Linear(inner, dim, /*bias=*/true, options));
+  to_out->push_back(NoParameters());  // dropout
+  register_module("to_out", to_out);
+  to_add_out = register_module("to_add_out", Linear(inner, dim, /*bias=*/true, options));
+}
+
+at::Tensor FluxAttentionImpl::split_heads(const at::Tensor& x, RMSNorm& norm) const {
+  return norm(x.view({x.size(0), x.size(1), -1, head_dim})).transpose(1, 2);
+}
+
+at::Tensor FluxAttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  // Qualified: with libtorch 2.x, argument-dependent lookup would also find at::scaled_dot_product_attention.
+  return diffuse::scaled_dot_product_attention(q, k, v);
+}
+
+FluxAttentionOutput FluxAttentionImpl::forward(const at::Tensor& hidden_states,
+                                               const at::Tensor& encoder_hidden_states,
+                                               const RotaryEmbedding& rotary) {
+  const bool dual = !to_add_out.is_empty();
+  if (dual != encoder_hidden_states.defined())
+    throw Error(dual ? "FluxAttention: the dual-stream attention needs encoder_hidden_states"
+                     : "FluxAttention: the single-stream attention takes no encoder_hidden_states");
+  at::Tensor q = split_heads(to_q(hidden_states), norm_q);
+  at::Tensor k = split_heads(to_k(hidden_states), norm_k);
+  at::Tensor v = to_v(hidden_states).view({hidden_states.size(0), hidden_states.size(1), -1, head_dim}).transpose(1, 2);
+  const int64_t text_len = dual ? encoder_hidden_states.size(1) : 0;
+  if (dual) {
+    const at::Tensor& e = encoder_hidden_states;
+    q = at::cat({split_heads(add_q_proj(e), norm_added_q), q}, /*dim=*/2);
+    k = at::cat({split_heads(add_k_proj(e), norm_added_k), k}, /*dim=*/2);
+    v = at::cat({add_v_proj(e).view({e.size(0), e.size(1), -1, head_dim}).transpose(1, 2), v}, /*dim=*/2);
+  }
+  if (rotary.cos.size(0) != q.size(2))
+    throw Error("FluxAttention: the rotary embedding has " + std::to_string(rotary.cos.size(0)) +
+                " positions for a sequence of " + std::to_string(q.size(2)) + " tokens");
+  q = apply_rotary_emb(q, rotary);
+  k = apply_rotary_emb(k, rotary);
+
+  at::Tensor out = attend(q, k, v).transpose(1, 2);  // [batch, seq, heads, head_dim]
+  out = out.reshape({out.size(0), out.size(1), -1});
+  if (!dual) return {out, at::Tensor()};
+  at::Tensor text = out.narrow(1, 0, text_len);
+  at::Tensor image = out.narrow(1, text_len, out.size(1) - text_len);
+  return {to_out[0]->as<LinearImpl>()->forward(image), to_add_out(text)};
+}
+
+FluxTransformerBlockImpl::FluxTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim,
+                                                   const at::TensorOptions& options) {
+  norm1 = register_module("norm1", AdaLayerNormZero(dim, options));
+  norm1_context = register_module("norm1_context", AdaLayerNormZero(dim, options));
+  attn = register_module("attn", FluxAttention(dim, heads, head_dim, /*added_kv=*/true, options));
+  norm2 = register_module("norm2", LayerNorm(dim, kBlockNormEps, /*elementwise_affine=*/false, false, options));
+  ff = register_module("ff", FeedForward(dim, dim, /*mult=*/4, options));
+  norm2_context =
+      register_module("norm2_context", LayerNorm(dim, kBlockNormEps, /*elementwise_affine=*/false, false, options));
+  ff_context = register_module("ff_context", FeedForward(dim, dim, /*mult=*/4, options));
+}
+
+FluxBlockOutput FluxTransformerBlockImpl::forward(const at::Tensor& hidden_states,
+                                                  const at::Tensor& encoder_hidden_states, const at::Tensor& temb,
+                                                  const RotaryEmbedding& rotary) {
+  AdaLayerNormZeroOutput image = norm1(hidden_states, temb);
+  AdaLayerNormZeroOutput text = norm1_context(encoder_hidden_states, temb);
+  FluxAttentionOutput attention = attn(image.hidden_states, text.hidden_states, rotary);
+
+  at::Tensor x = hidden_states + image.gate_msa.unsqueeze(1) * attention.hidden_states;
+  x = x + image.gate_mlp.unsqueeze(1) * ff(modulate(norm2(x), image.shift_mlp, image.scale_mlp));
+
+  at::Tensor c = encoder_hidden_states + text.gate_msa.unsqueeze(1) * attention.encoder_hidden_states;
+  c = c + text.gate_mlp.unsqueeze(1) * ff_context(modulate(norm2_context(c), text.shift_mlp, text.scale_mlp));
+  return {clip_float16(c), x};
+}
+
+FluxSingleTransformerBlockImpl::FluxSingleTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim,
+                                                               const at::TensorOptions& options, double mlp_ratio) {
+  const auto mlp_dim = static_cast<int64_t>(static_cast<double>(dim) * mlp_ratio);
+  norm = register_module("norm", AdaLayerNormZeroSingle(dim, options));
+  proj_mlp = register_module("proj_mlp", Linear(dim, mlp_dim, /*bias=*/true, options));
+  proj_out = register_module("proj_out", Linear(dim + mlp_dim, dim, /*bias=*/true, options));
+  attn = register_module("attn", FluxAttention(dim, heads, head_dim, /*added_kv=*/false, options));
+}
+
+FluxBlockOutput FluxSingleTransformerBlockImpl::forward(const at::Tensor& hidden_states,
+                                                        const at::Tensor& encoder_hidden_states,
+                                                        const at::Tensor& temb, const RotaryEmbedding& rotary) {
+  const int64_t text_len = encoder_hidden_states.size(1);
+  at::Tensor residual = at::cat({encoder_hidden_states, hidden_states}, /*dim=*/1);
+  AdaLayerNormZeroSingleOutput normed = norm(residual, temb);
+  at::Tensor mlp = at::gelu(proj_mlp(normed.hidden_states), "tanh");
+  at::Tensor attention = attn(normed.hidden_states, at::Tensor(), rotary).hidden_states;
+  at::Tensor x = residual + normed.gate.unsqueeze(1) * proj_out(at::cat({attention, mlp}, /*dim=*/2));
+  x = clip_float16(x);
+  return {x.narrow(1, 0, text_len), x.narrow(1, text_len, x.size(1) - text_len)};
+}
+
+}  // namespace diffuse

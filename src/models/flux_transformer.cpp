@@ -1,0 +1,141 @@
+#include "diffuse/models/flux_transformer.hpp"
+
+#include <sstream>
+#include <string>
+
+#include "diffuse/error.hpp"
+#include "diffuse/io/checkpoint.hpp"
+#include "diffuse/models/weights.hpp"
+
+namespace diffuse {
+namespace {
+
+// FluxPosEmbed's theta.
+constexpr double kRopeTheta = 10000.0;
+
+std::string shape_text(const at::Tensor& t) {
+  std::ostringstream out;
+  out << t.sizes();
+  return out.str();
+}
+
+// diffusers accepts ids with a (deprecated) leading batch dimension and uses the first entry.
+at::Tensor drop_batch(const at::Tensor& ids) { return ids.dim() == 3 ? ids.select(0, 0) : ids; }
+
+}  // namespace
+
+FluxTransformer2DModelImpl::FluxTransformer2DModelImpl(const FluxTransformerConfig& config,
+                                                       const at::TensorOptions& options)
+    : config_(config) {
+  const int64_t dim = config.inner_dim();
+  const int64_t heads = config.num_attention_heads, head_dim = config.attention_head_dim;
+  time_text_embed = register_module(
+      "time_text_embed",
+      CombinedTimestepTextProjEmbeddings(dim, config.pooled_projection_dim, config.guidance_embeds, options));
+  context_embedder = register_module("context_embedder", Linear(config.joint_attention_dim, dim, true, options));
+  x_embedder = register_module("x_embedder", Linear(config.in_channels, dim, true, options));
+  transformer_blocks = torch::nn::ModuleList();
+  for (int64_t i = 0; i < config.num_layers; ++i)
+    transformer_blocks->push_back(FluxTransformerBlock(dim, heads, head_dim, options));
+  register_module("transformer_blocks", transformer_blocks);
+  single_transformer_blocks = torch::nn::ModuleList();
+  for (int64_t i = 0; i < config.num_single_layers; ++i)
+    single_transformer_blocks->push_back(FluxSingleTransformerBlock(dim, heads, head_dim, options));
+  register_module("single_transformer_blocks", single_transformer_blocks);
+  norm_out = register_module("norm_out", AdaLayerNormContinuous(dim, dim, /*elementwise_affine=*/false, 1e-6, options));
+  const int64_t out = config.patch_size * config.patch_size * config.out_channels;
+  proj_out = register_module("proj_out", Linear(dim, out, /*bias=*/true, options));
+}
+
+void FluxTransformer2DModelImpl::check_inputs(const FluxTransformerInputs& in) const {
+  auto fail = [](const std::string& what) { throw Error("FluxTransformer2DModel: " + what); };
+  auto require = [&](const at::Tensor& t, const char* name) {
+    if (!t.defined()) fail(std::string(name) + " is required");
+  };
+  require(in.hidden_states, "hidden_states");
+  require(in.encoder_hidden_states, "encoder_hidden_states");
+  require(in.pooled_projections, "pooled_projections");
+  require(in.timestep, "timestep");
+  require(in.img_ids, "img_ids");
+  require(in.txt_ids, "txt_ids");
+  const auto& c = config_;
+  const at::Tensor& x = in.hidden_states;
+  if (x.dim() != 3 || x.size(2) != c.in_channels)
+    fail("hidden_states must be [batch, image_seq, " + std::to_string(c.in_channels) + "], got " + shape_text(x));
+  const int64_t batch = x.size(0);
+  const at::Tensor& e = in.encoder_hidden_states;
+  if (e.dim() != 3 || e.size(0) != batch || e.size(2) != c.joint_attention_dim)
+    fail("encoder_hidden_states must be [" + std::to_string(batch) + ", text_seq, " +
+         std::to_string(c.joint_attention_dim) + "], got " + shape_text(e));
+  const at::Tensor& p = in.pooled_projections;
+  if (p.dim() != 2 || p.size(0) != batch || p.size(1) != c.pooled_projection_dim)
+    fail("pooled_projections must be [" + std::to_string(batch) + ", " + std::to_string(c.pooled_projection_dim) +
+         "], got " + shape_text(p));
+  if (in.timestep.dim() != 1 || in.timestep.size(0) != batch)
+    fail("timestep must be [" + std::to_string(batch) + "], got " + shape_text(in.timestep));
+  if (c.guidance_embeds && !in.guidance.defined())
+    fail("guidance is required: the model embeds guidance (guidance_embeds = true)");
+  if (!c.guidance_embeds && in.guidance.defined())
+    fail("guidance was given but the model has no guidance embedder (guidance_embeds = false)");
+  if (in.guidance.defined() && (in.guidance.dim() != 1 || in.guidance.size(0) != batch))
+    fail("guidance must be [" + std::to_string(batch) + "], got " + shape_text(in.guidance));
+  const auto axes = static_cast<int64_t>(c.axes_dims_rope.size());
+  auto check_ids = [&](const at::Tensor& ids, const char* name, int64_t seq) {
+    at::Tensor flat = drop_batch(ids);
+    if (flat.dim() != 2 || flat.size(0) != seq || flat.size(1) != axes)
+      fail(std::string(name) + " must be [" + std::to_string(seq) + ", " + std::to_string(axes) + "], got " +
+           shape_text(ids));
+  };
+  check_ids(in.img_ids, "img_ids", x.size(1));
+  check_ids(in.txt_ids, "txt_ids", e.size(1));
+}
+
+RotaryEmbedding FluxTransformer2DModelImpl::rotary_embedding(const at::Tensor& txt_ids,
+                                                             const at::Tensor& img_ids) const {
+  return flux_pos_embed(at::cat({drop_batch(txt_ids), drop_batch(img_ids)}, /*dim=*/0), config_.axes_dims_rope,
+                        kRopeTheta);
+}
+
+at::Tensor FluxTransformer2DModelImpl::forward(const FluxTransformerInputs& in) {
+  check_inputs(in);
+  at::Tensor hidden_states = x_embedder(in.hidden_states);
+  const auto dtype = hidden_states.scalar_type();
+  // The pipeline passes t/1000. diffusers rounds it (and guidance) to the compute dtype before scaling
+  // back up; in bfloat16 that turns guidance 3.5 into 3504/1000 and moves the whole output by ~3%.
+  // Scaling in float32 keeps the sinusoids exact; they are cast to the compute dtype after.
+  at::Tensor timestep = in.timestep.to(at::kFloat) * 1000;
+  at::Tensor guidance = in.guidance.defined() ? in.guidance.to(at::kFloat) * 1000 : at::Tensor();
+  at::Tensor temb = time_text_embed(timestep, guidance, in.pooled_projections);
+  at::Tensor encoder_hidden_states = context_embedder(in.encoder_hidden_states);
+  RotaryEmbedding rotary = rotary_embedding(in.txt_ids, in.img_ids);
+
+  for (const auto& block : *transformer_blocks) {
+    FluxBlockOutput out =
+        block->as<FluxTransformerBlockImpl>()->forward(hidden_states, encoder_hidden_states, temb, rotary);
+    hidden_states = out.hidden_states;
+    encoder_hidden_states = out.encoder_hidden_states;
+  }
+  for (const auto& block : *single_transformer_blocks) {
+    FluxBlockOutput out =
+        block->as<FluxSingleTransformerBlockImpl>()->forward(hidden_states, encoder_hidden_states, temb, rotary);
+    hidden_states = out.hidden_states;
+    encoder_hidden_states = out.encoder_hidden_states;
+  }
+  return proj_out(norm_out(hidden_states, temb));
+}
+
+FluxTransformer2DModel load_flux_transformer(const std::filesystem::path& folder, c10::ScalarType dtype,
+                                             c10::Device device) {
+  const auto config = FluxTransformerConfig::from_file(folder / "config.json");
+  Checkpoint checkpoint = Checkpoint::open(folder);
+  // The placeholders are left uninitialized and replaced one by one by the checkpoint's tensors.
+  FluxTransformer2DModel model(config, at::TensorOptions().dtype(dtype).device(device));
+  WeightLoadOptions load_options;
+  load_options.dtype = dtype;
+  load_options.device = device;
+  load_weights(*model, checkpoint, load_options);
+  model->eval();
+  return model;
+}
+
+}  // namespace diffuse
