@@ -149,6 +149,52 @@ SentencePieceModel SentencePieceModel::parse(std::string_view serialized, const 
   return model;
 }
 
+namespace {
+
+// The writing half of the wire format: varints, and length-delimited fields.
+void put_varint(std::string& out, uint64_t value) {
+  while (value >= 0x80) {
+    out += static_cast<char>((value & 0x7F) | 0x80);
+    value >>= 7;
+  }
+  out += static_cast<char>(value);
+}
+void put_tag(std::string& out, uint64_t field, uint32_t wire_type) { put_varint(out, field << 3 | wire_type); }
+void put_bytes(std::string& out, uint64_t field, std::string_view bytes) {
+  put_tag(out, field, kLengthDelimited);
+  put_varint(out, bytes.size());
+  out.append(bytes);
+}
+
+}  // namespace
+
+std::string SentencePieceModel::serialize() const {
+  std::string out;
+  for (const Piece& piece : pieces) {
+    std::string message;
+    put_bytes(message, 1, piece.text);
+    put_tag(message, 2, kFixed32);
+    uint32_t score_bits = 0;
+    std::memcpy(&score_bits, &piece.score, 4);
+    for (int i = 0; i < 4; ++i) message += static_cast<char>((score_bits >> (8 * i)) & 0xFF);
+    put_tag(message, 3, kVarint);
+    put_varint(message, static_cast<uint64_t>(piece.type));
+    put_bytes(out, 1, message);
+  }
+  std::string trainer;
+  put_tag(trainer, 3, kVarint);
+  put_varint(trainer, static_cast<uint64_t>(model_type));
+  put_tag(trainer, 35, kVarint);
+  put_varint(trainer, byte_fallback ? 1 : 0);
+  put_tag(trainer, 40, kVarint);
+  put_varint(trainer, static_cast<uint64_t>(unk_id));
+  put_bytes(out, 2, trainer);
+  std::string normalizer;
+  if (!precompiled_charsmap.empty()) put_bytes(normalizer, 2, precompiled_charsmap);
+  put_bytes(out, 3, normalizer);
+  return out;
+}
+
 SentencePieceModel SentencePieceModel::load(const std::filesystem::path& file) {
   if (!std::filesystem::exists(file)) throw Error(file.string() + ": SentencePiece model not found");
   std::ifstream in(file, std::ios::binary);

@@ -36,6 +36,8 @@ struct SentencePieceModel {
   static SentencePieceModel load(const std::filesystem::path& file);
   // `source` names the data in error messages.
   static SentencePieceModel parse(std::string_view serialized, const std::string& source);
+  // The protobuf encoding of the fields above (what parse reads back), for writing spiece.model files.
+  std::string serialize() const;
 };
 
 }  // namespace diffuse::tokenizers

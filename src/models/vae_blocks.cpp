@@ -1,0 +1,175 @@
+#include "diffuse/models/vae_blocks.hpp"
+
+#include "diffuse/error.hpp"
+#include "diffuse/models/attention.hpp"
+
+namespace diffuse::vae {
+
+ResnetBlock2DImpl::ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t groups,
+                                     const std::string& act_fn, const at::TensorOptions& options)
+    : act_fn_(act_fn) {
+  norm1 = register_module("norm1", GroupNorm(groups, in_channels, kNormEps, true, options));
+  conv1 = register_module("conv1", Conv2d(in_channels, out_channels, 3, 1, 1, true, options));
+  norm2 = register_module("norm2", GroupNorm(groups, out_channels, kNormEps, true, options));
+  conv2 = register_module("conv2", Conv2d(out_channels, out_channels, 3, 1, 1, true, options));
+  if (in_channels != out_channels)
+    conv_shortcut = register_module("conv_shortcut", Conv2d(in_channels, out_channels, 1, 1, 0, true, options));
+}
+
+at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& input) {
+  at::Tensor hidden = conv1(activation(norm1(input), act_fn_));
+  hidden = conv2(activation(norm2(hidden), act_fn_));
+  at::Tensor shortcut = conv_shortcut ? conv_shortcut(input) : input;
+  return shortcut + hidden;  // output_scale_factor is 1 in the VAE
+}
+
+Downsample2DImpl::Downsample2DImpl(int64_t channels, const at::TensorOptions& options) {
+  conv = register_module("conv", Conv2d(channels, channels, 3, /*stride=*/2, /*padding=*/0, true, options));
+}
+
+at::Tensor Downsample2DImpl::forward(const at::Tensor& input) {
+  // (left, right, top, bottom): the asymmetric padding of the original LDM VAE.
+  return conv(at::constant_pad_nd(input, {0, 1, 0, 1}, 0));
+}
+
+at::Tensor upsample_nearest_2x(const at::Tensor& input) {
+  // A broadcast copy instead of upsample_nearest2d: identical values, and it works for bfloat16 on
+  // the CPU with libtorch < 2.1, where that kernel does not (diffusers upcasts there for that reason).
+  const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
+  return input.reshape({b, c, h, 1, w, 1}).expand({b, c, h, 2, w, 2}).reshape({b, c, 2 * h, 2 * w});
+}
+
+Upsample2DImpl::Upsample2DImpl(int64_t channels, const at::TensorOptions& options) {
+  conv = register_module("conv", Conv2d(channels, channels, 3, 1, 1, true, options));
+}
+
+at::Tensor Upsample2DImpl::forward(const at::Tensor& input) { return conv(upsample_nearest_2x(input)); }
+
+AttentionImpl::AttentionImpl(int64_t channels, int64_t groups, const at::TensorOptions& options) {
+  group_norm = register_module("group_norm", GroupNorm(groups, channels, kNormEps, true, options));
+  to_q = register_module("to_q", Linear(channels, channels, true, options));
+  to_k = register_module("to_k", Linear(channels, channels, true, options));
+  to_v = register_module("to_v", Linear(channels, channels, true, options));
+  to_out = register_module("to_out", torch::nn::ModuleList());
+  to_out->push_back(Linear(channels, channels, true, options));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& input) {
+  const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
+  // Group norm over [B, C, H*W] is the same as over [B, C, H, W]; then one token per position.
+  at::Tensor tokens = group_norm(input).reshape({b, c, h * w}).transpose(1, 2);
+  auto split_heads = [&](const at::Tensor& x) { return x.view({b, h * w, heads_, c / heads_}).transpose(1, 2); };
+  at::Tensor q = split_heads(to_q(tokens));
+  at::Tensor k = split_heads(to_k(tokens));
+  at::Tensor v = split_heads(to_v(tokens));
+  at::Tensor attended = diffuse::scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape({b, h * w, c});
+  at::Tensor projected = to_out[0]->as<LinearImpl>()->forward(attended);
+  return projected.transpose(1, 2).reshape({b, c, h, w}) + input;
+}
+
+UNetMidBlock2DImpl::UNetMidBlock2DImpl(int64_t channels, int64_t groups, const std::string& act_fn, bool add_attention,
+                                       const at::TensorOptions& options) {
+  resnets = register_module("resnets", torch::nn::ModuleList());
+  attentions = register_module("attentions", torch::nn::ModuleList());
+  resnets->push_back(ResnetBlock2D(channels, channels, groups, act_fn, options));
+  if (add_attention) attentions->push_back(Attention(channels, groups, options));
+  resnets->push_back(ResnetBlock2D(channels, channels, groups, act_fn, options));
+}
+
+at::Tensor UNetMidBlock2DImpl::forward(const at::Tensor& input) {
+  at::Tensor hidden = resnets[0]->as<ResnetBlock2DImpl>()->forward(input);
+  if (!attentions->is_empty()) hidden = attentions[0]->as<AttentionImpl>()->forward(hidden);
+  return resnets[1]->as<ResnetBlock2DImpl>()->forward(hidden);
+}
+
+DownEncoderBlock2DImpl::DownEncoderBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t num_layers,
+                                               bool add_downsample, int64_t groups, const std::string& act_fn,
+                                               const at::TensorOptions& options) {
+  resnets = register_module("resnets", torch::nn::ModuleList());
+  downsamplers = register_module("downsamplers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < num_layers; ++i)
+    resnets->push_back(ResnetBlock2D(i == 0 ? in_channels : out_channels, out_channels, groups, act_fn, options));
+  if (add_downsample) downsamplers->push_back(Downsample2D(out_channels, options));
+}
+
+at::Tensor DownEncoderBlock2DImpl::forward(const at::Tensor& input) {
+  at::Tensor hidden = input;
+  for (const auto& resnet : *resnets) hidden = resnet->as<ResnetBlock2DImpl>()->forward(hidden);
+  for (const auto& downsampler : *downsamplers) hidden = downsampler->as<Downsample2DImpl>()->forward(hidden);
+  return hidden;
+}
+
+UpDecoderBlock2DImpl::UpDecoderBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t num_layers,
+                                           bool add_upsample, int64_t groups, const std::string& act_fn,
+                                           const at::TensorOptions& options) {
+  resnets = register_module("resnets", torch::nn::ModuleList());
+  upsamplers = register_module("upsamplers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < num_layers; ++i)
+    resnets->push_back(ResnetBlock2D(i == 0 ? in_channels : out_channels, out_channels, groups, act_fn, options));
+  if (add_upsample) upsamplers->push_back(Upsample2D(out_channels, options));
+}
+
+at::Tensor UpDecoderBlock2DImpl::forward(const at::Tensor& input) {
+  at::Tensor hidden = input;
+  for (const auto& resnet : *resnets) hidden = resnet->as<ResnetBlock2DImpl>()->forward(hidden);
+  for (const auto& upsampler : *upsamplers) hidden = upsampler->as<Upsample2DImpl>()->forward(hidden);
+  return hidden;
+}
+
+EncoderImpl::EncoderImpl(const AutoencoderKLConfig& config, const at::TensorOptions& options) {
+  const auto& channels = config.block_out_channels;
+  const int64_t groups = config.norm_num_groups;
+  conv_in = register_module("conv_in", Conv2d(config.in_channels, channels.front(), 3, 1, 1, true, options));
+  down_blocks = register_module("down_blocks", torch::nn::ModuleList());
+  for (size_t i = 0; i < channels.size(); ++i) {
+    if (config.down_block_types[i] != "DownEncoderBlock2D")
+      throw Error("AutoencoderKL: down block type '" + config.down_block_types[i] +
+                  "' is not supported (only DownEncoderBlock2D)");
+    const int64_t in = i == 0 ? channels.front() : channels[i - 1];
+    const bool is_final = i + 1 == channels.size();
+    down_blocks->push_back(
+        DownEncoderBlock2D(in, channels[i], config.layers_per_block, !is_final, groups, config.act_fn, options));
+  }
+  mid_block = register_module(
+      "mid_block", UNetMidBlock2D(channels.back(), groups, config.act_fn, config.mid_block_add_attention, options));
+  conv_norm_out = register_module("conv_norm_out", GroupNorm(groups, channels.back(), kNormEps, true, options));
+  conv_out = register_module("conv_out", Conv2d(channels.back(), 2 * config.latent_channels, 3, 1, 1, true, options));
+}
+
+at::Tensor EncoderImpl::forward(const at::Tensor& images) {
+  at::Tensor hidden = conv_in(images);
+  for (const auto& block : *down_blocks) hidden = block->as<DownEncoderBlock2DImpl>()->forward(hidden);
+  hidden = mid_block(hidden);
+  return conv_out(at::silu(conv_norm_out(hidden)));
+}
+
+DecoderImpl::DecoderImpl(const AutoencoderKLConfig& config, const at::TensorOptions& options) {
+  const auto& channels = config.block_out_channels;
+  const int64_t groups = config.norm_num_groups;
+  conv_in = register_module("conv_in", Conv2d(config.latent_channels, channels.back(), 3, 1, 1, true, options));
+  mid_block = register_module(
+      "mid_block", UNetMidBlock2D(channels.back(), groups, config.act_fn, config.mid_block_add_attention, options));
+  up_blocks = register_module("up_blocks", torch::nn::ModuleList());
+  const size_t n = channels.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (config.up_block_types[i] != "UpDecoderBlock2D")
+      throw Error("AutoencoderKL: up block type '" + config.up_block_types[i] +
+                  "' is not supported (only UpDecoderBlock2D)");
+    // Channels run in reverse: block i goes from reversed[i-1] to reversed[i].
+    const int64_t in = channels[n - (i == 0 ? 1 : i)];
+    const int64_t out = channels[n - 1 - i];
+    const bool is_final = i + 1 == n;
+    up_blocks->push_back(
+        UpDecoderBlock2D(in, out, config.layers_per_block + 1, !is_final, groups, config.act_fn, options));
+  }
+  conv_norm_out = register_module("conv_norm_out", GroupNorm(groups, channels.front(), kNormEps, true, options));
+  conv_out = register_module("conv_out", Conv2d(channels.front(), config.out_channels, 3, 1, 1, true, options));
+}
+
+at::Tensor DecoderImpl::forward(const at::Tensor& latents) {
+  at::Tensor hidden = mid_block(conv_in(latents));
+  for (const auto& block : *up_blocks) hidden = block->as<UpDecoderBlock2DImpl>()->forward(hidden);
+  return conv_out(at::silu(conv_norm_out(hidden)));
+}
+
+}  // namespace diffuse::vae

@@ -1,0 +1,359 @@
+#include "diffuse/pipelines/flux_pipeline.hpp"
+
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+
+#include "diffuse/error.hpp"
+#include "diffuse/pipelines/flux_latents.hpp"
+#include "diffuse/pipelines/progress_bar.hpp"
+#include "log.hpp"
+
+namespace diffuse {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The classes this pipeline knows, by model_index.json component.
+const std::map<std::string, std::vector<std::string>>& known_classes() {
+  static const std::map<std::string, std::vector<std::string>> classes = {
+      {"scheduler", {"FlowMatchEulerDiscreteScheduler"}},
+      {"text_encoder", {"CLIPTextModel"}},
+      {"text_encoder_2", {"T5EncoderModel"}},
+      {"tokenizer", {"CLIPTokenizer", "CLIPTokenizerFast"}},
+      {"tokenizer_2", {"T5Tokenizer", "T5TokenizerFast"}},
+      {"transformer", {"FluxTransformer2DModel"}},
+      {"vae", {"AutoencoderKL"}},
+  };
+  return classes;
+}
+
+bool contains(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+// Repeats each row `times` times, keeping rows of one prompt together ([p0, p0, p1, p1]), as
+// diffusers' repeat + view does.
+at::Tensor repeat_rows(const at::Tensor& t, int64_t times) {
+  return times == 1 ? t : t.repeat_interleave(times, 0);
+}
+
+}  // namespace
+
+OutputType parse_output_type(std::string_view name) {
+  if (name == "image" || name == "pil" || name == "np") return OutputType::Image;
+  if (name == "latent") return OutputType::Latent;
+  if (name == "tensor" || name == "pt") return OutputType::Tensor;
+  throw Error("unknown output type '" + std::string(name) + "' (expected image, latent or tensor)");
+}
+
+FluxPipeline FluxPipeline::from_pretrained(const std::filesystem::path& folder, FluxPipelineOptions options) {
+  const auto index_path = folder / "model_index.json";
+  if (!std::filesystem::exists(index_path))
+    throw Error(folder.string() + ": no model_index.json (not a diffusers pipeline folder)");
+  const ModelIndex index = ModelIndex::from_file(index_path);
+  if (index.class_name != "FluxPipeline")
+    DIFFUSE_LOG_WARN("{}: pipeline class is {}, loading it as FluxPipeline", index_path.string(), index.class_name);
+
+  for (const std::string& name : options.skip)
+    if (!known_classes().count(name))
+      throw Error("cannot skip '" + name + "': FluxPipeline has no such component");
+
+  FluxPipeline pipe;
+  pipe.folder_ = folder;
+  pipe.dtype_ = options.dtype;
+  pipe.device_ = c10::Device(options.device);
+  pipe.components_ = std::move(options.components);
+  FluxComponents& c = pipe.components_;
+
+  // Every component this pipeline needs must be named in model_index.json with a class it knows.
+  for (const auto& [name, classes] : known_classes()) {
+    auto entry = index.components.find(name);
+    if (entry == index.components.end())
+      throw Error(index_path.string() + ": component '" + name + "' is missing (FluxPipeline needs it)");
+    if (!contains(classes, entry->second.class_name))
+      throw Error(index_path.string() + ": component '" + name + "' has class " + entry->second.class_name +
+                  ", which diffuse does not implement (expected " + classes.front() + ")");
+  }
+
+  auto wanted = [&](const std::string& name) { return !contains(options.skip, name); };
+  auto subfolder = [&](const std::string& name) {
+    const auto path = folder / name;
+    if (!std::filesystem::is_directory(path))
+      throw Error(folder.string() + ": component folder '" + name + "' is missing");
+    return path;
+  };
+
+  // Configs are read even for skipped models: latent shapes need them.
+  pipe.vae_config_ = AutoencoderKLConfig::from_file(subfolder("vae") / "config.json");
+  pipe.transformer_config_ = FluxTransformerConfig::from_file(subfolder("transformer") / "config.json");
+  pipe.vae_scale_factor_ = pipe.vae_config_.vae_scale_factor();
+  pipe.num_channels_latents_ = pipe.transformer_config_.in_channels / 4;
+
+  const c10::Device device = pipe.device_;
+  const c10::ScalarType dtype = pipe.dtype_;
+  if (!c.scheduler && wanted("scheduler"))
+    c.scheduler = FlowMatchEulerDiscreteScheduler::from_pretrained(subfolder("scheduler"));
+  if (!c.tokenizer && wanted("tokenizer")) c.tokenizer = ClipTokenizer::from_pretrained(subfolder("tokenizer"));
+  if (!c.tokenizer_2 && wanted("tokenizer_2"))
+    c.tokenizer_2 = T5Tokenizer::from_pretrained(subfolder("tokenizer_2"));
+  if (c.text_encoder.is_empty() && wanted("text_encoder"))
+    c.text_encoder = load_clip_text_model(subfolder("text_encoder"), dtype, device);
+  if (c.text_encoder_2.is_empty() && wanted("text_encoder_2"))
+    c.text_encoder_2 = load_t5_encoder(subfolder("text_encoder_2"), dtype, device);
+  if (c.transformer.is_empty() && wanted("transformer"))
+    c.transformer = load_flux_transformer(subfolder("transformer"), dtype, device);
+  if (c.vae.is_empty() && wanted("vae")) c.vae = load_autoencoder_kl(subfolder("vae"), dtype, device);
+  if (!c.transformer.is_empty()) pipe.transformer_config_ = c.transformer->config();
+  if (!c.vae.is_empty()) pipe.vae_config_ = c.vae->config();
+  return pipe;
+}
+
+bool FluxPipeline::has(const std::string& component) const {
+  const FluxComponents& c = components_;
+  if (component == "scheduler") return c.scheduler.has_value();
+  if (component == "tokenizer") return c.tokenizer.has_value();
+  if (component == "tokenizer_2") return c.tokenizer_2.has_value();
+  if (component == "text_encoder") return !c.text_encoder.is_empty();
+  if (component == "text_encoder_2") return !c.text_encoder_2.is_empty();
+  if (component == "transformer") return !c.transformer.is_empty();
+  if (component == "vae") return !c.vae.is_empty();
+  throw Error("FluxPipeline has no component '" + component + "'");
+}
+
+void FluxPipeline::release(const std::string& component) {
+  FluxComponents& c = components_;
+  if (!has(component)) return;
+  if (component == "scheduler") c.scheduler.reset();
+  if (component == "tokenizer") c.tokenizer.reset();
+  if (component == "tokenizer_2") c.tokenizer_2.reset();
+  if (component == "text_encoder") c.text_encoder = ClipTextModel(nullptr);
+  if (component == "text_encoder_2") c.text_encoder_2 = T5EncoderModel(nullptr);
+  if (component == "transformer") c.transformer = FluxTransformer2DModel(nullptr);
+  if (component == "vae") c.vae = AutoencoderKL(nullptr);
+}
+
+void FluxPipeline::to(const std::string& device) {
+  device_ = c10::Device(device);
+  FluxComponents& c = components_;
+  if (!c.text_encoder.is_empty()) c.text_encoder->to(device_);
+  if (!c.text_encoder_2.is_empty()) c.text_encoder_2->to(device_);
+  if (!c.transformer.is_empty()) c.transformer->to(device_);
+  if (!c.vae.is_empty()) c.vae->to(device_);
+}
+
+namespace {
+template <typename T>
+T& require(T& component, bool present, const char* name, const char* why) {
+  if (!present)
+    throw Error(std::string("FluxPipeline: component '") + name + "' is not loaded, and " + why + " needs it");
+  return component;
+}
+}  // namespace
+
+FlowMatchEulerDiscreteScheduler& FluxPipeline::scheduler() {
+  return *require(components_.scheduler, components_.scheduler.has_value(), "scheduler", "denoising");
+}
+FluxTransformer2DModel& FluxPipeline::transformer() {
+  return require(components_.transformer, has("transformer"), "transformer", "denoising");
+}
+AutoencoderKL& FluxPipeline::vae() { return require(components_.vae, has("vae"), "vae", "decoding latents"); }
+ClipTextModel& FluxPipeline::text_encoder() {
+  return require(components_.text_encoder, has("text_encoder"), "text_encoder", "encoding a prompt");
+}
+T5EncoderModel& FluxPipeline::text_encoder_2() {
+  return require(components_.text_encoder_2, has("text_encoder_2"), "text_encoder_2", "encoding a prompt");
+}
+
+PromptEmbeddings FluxPipeline::encode_prompt(const EncodeRequest& request) {
+  const std::vector<std::string>& prompts = request.prompt.items();
+  const std::vector<std::string>& prompts_2 = request.prompt_2.empty() ? prompts : request.prompt_2.items();
+  if (prompts.empty()) throw Error("encode_prompt: the prompt list is empty");
+  if (prompts_2.size() != prompts.size())
+    throw Error("encode_prompt: prompt has " + std::to_string(prompts.size()) + " entries but prompt_2 has " +
+                std::to_string(prompts_2.size()));
+  if (request.num_images_per_prompt < 1)
+    throw Error("num_images_per_prompt must be at least 1, got " + std::to_string(request.num_images_per_prompt));
+  if (request.max_sequence_length < 1 || request.max_sequence_length > 512)
+    throw Error("max_sequence_length must be in [1, 512], got " + std::to_string(request.max_sequence_length));
+  auto& tokenizer = *require(components_.tokenizer, has("tokenizer"), "tokenizer", "encoding a prompt");
+  auto& tokenizer_2 = *require(components_.tokenizer_2, has("tokenizer_2"), "tokenizer_2", "encoding a prompt");
+  ClipTextModel& clip = text_encoder();
+  T5EncoderModel& t5 = text_encoder_2();
+
+  at::NoGradGuard no_grad;
+  const c10::Device clip_device = clip->parameters().front().device();
+  const c10::Device t5_device = t5->parameters().front().device();
+  at::Tensor clip_ids = tokenizer.encode_batch(prompts, tokenizer.model_max_length).to(clip_device);
+  at::Tensor pooled = clip->forward(clip_ids).pooler_output;
+  at::Tensor t5_ids = tokenizer_2.encode_batch(prompts_2, request.max_sequence_length).to(t5_device);
+  at::Tensor sequence = t5->forward(t5_ids);
+
+  PromptEmbeddings out;
+  out.pooled_prompt_embeds = repeat_rows(pooled.to(dtype_), request.num_images_per_prompt);
+  out.prompt_embeds = repeat_rows(sequence.to(dtype_), request.num_images_per_prompt);
+  out.text_ids = at::zeros({request.max_sequence_length, 3}, at::TensorOptions().dtype(dtype_).device(t5_device));
+  return out;
+}
+
+at::Tensor FluxPipeline::draw_latents(const GenerateRequest& request, int64_t batch, int64_t height, int64_t width) {
+  const int64_t channels = num_channels_latents_ * 4;
+  const int64_t sequence = (height / vae_scale_factor_ / 2) * (width / vae_scale_factor_ / 2);
+  const c10::Device device = has("transformer") ? transformer()->parameters().front().device() : device_;
+  if (request.latents.defined()) {
+    const auto& l = request.latents;
+    if (l.dim() != 3 || l.size(0) != batch || l.size(1) != sequence || l.size(2) != channels)
+      throw Error("latents have shape " + c10::str(l.sizes()) + " but this request needs packed latents [" +
+                  std::to_string(batch) + ", " + std::to_string(sequence) + ", " + std::to_string(channels) +
+                  "] (" + std::to_string(height) + "x" + std::to_string(width) + ")");
+    return l.to(device, dtype_);
+  }
+  const at::Generator generator =
+      request.generator ? *request.generator : cpu_generator(request.seed.value_or(std::random_device{}()));
+  return prepare_latents(batch, num_channels_latents_, height, width, vae_scale_factor_, dtype_, device, generator);
+}
+
+at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmbeddings& embeddings,
+                                 at::Tensor latents, int64_t height, int64_t width, bool& interrupted) {
+  FluxTransformer2DModel& model = transformer();
+  FlowMatchEulerDiscreteScheduler& steps = scheduler();
+  const c10::Device device = latents.device();
+  const int64_t batch = latents.size(0);
+
+  const std::vector<double> sigmas = request.sigmas.value_or(flux_sigmas(request.num_inference_steps));
+  const auto& config = steps.config();
+  const double mu = calculate_shift(latents.size(1), config.base_image_seq_len, config.max_image_seq_len,
+                                    config.base_shift, config.max_shift);
+  steps.set_timesteps(static_cast<int64_t>(sigmas.size()), mu, sigmas);
+  const at::Tensor timesteps = steps.timesteps();
+  const int64_t num_steps = timesteps.size(0);
+
+  FluxTransformerInputs inputs;
+  inputs.encoder_hidden_states = embeddings.prompt_embeds.to(device, dtype_);
+  inputs.pooled_projections = embeddings.pooled_prompt_embeds.to(device, dtype_);
+  inputs.txt_ids = embeddings.text_ids.to(device, dtype_);
+  inputs.img_ids = prepare_latent_image_ids(height / vae_scale_factor_ / 2, width / vae_scale_factor_ / 2)
+                       .to(device, dtype_);
+  if (model->config().guidance_embeds)
+    inputs.guidance = at::full({batch}, request.guidance_scale, at::TensorOptions().dtype(at::kFloat).device(device));
+
+  const bool show_progress = request.progress.value_or(isatty(STDERR_FILENO) == 1);
+  ProgressBar progress(num_steps, show_progress);
+  at::NoGradGuard no_grad;
+  for (int64_t i = 0; i < num_steps; ++i) {
+    const at::Tensor t = timesteps[i];
+    inputs.hidden_states = latents;
+    // diffusers: t.expand(batch).to(latents.dtype), divided by 1000 in that dtype.
+    inputs.timestep = t.expand({batch}).to(device, latents.scalar_type()) / 1000;
+    at::Tensor noise_pred = model->forward(inputs);
+    latents = steps.step(noise_pred, i, latents);
+    progress.advance();
+    if (request.callback &&
+        !request.callback(StepInfo{i, num_steps, t.item<double>(), latents})) {
+      interrupted = i + 1 < num_steps;
+      break;
+    }
+  }
+  return latents;
+}
+
+at::Tensor FluxPipeline::decode_latents(const at::Tensor& latents, int64_t height, int64_t width) {
+  AutoencoderKL& decoder = vae();
+  at::NoGradGuard no_grad;
+  const auto parameter = decoder->parameters().front();
+  at::Tensor unpacked = unpack_latents(latents, height, width, vae_scale_factor_);
+  at::Tensor scaled = unscale_latents(unpacked, decoder->config()).to(parameter.device(), parameter.scalar_type());
+  at::Tensor decoded = decoder->decode(scaled);
+  // VaeImageProcessor.postprocess: denormalize [-1, 1] -> [0, 1].
+  return (decoded.to(at::kFloat) / 2 + 0.5).clamp(0, 1);
+}
+
+GenerateOutput FluxPipeline::generate(const GenerateRequest& request) {
+  const auto start = Clock::now();
+  // ---- check the request before any model runs ---------------------------------------------------
+  const bool has_prompt = !request.prompt.empty();
+  const bool has_embeds = request.prompt_embeds.defined() || request.pooled_prompt_embeds.defined();
+  if (has_prompt && has_embeds) throw Error("give either prompt or prompt_embeds, not both");
+  if (!has_prompt && !has_embeds) throw Error("give a prompt (or prompt_embeds and pooled_prompt_embeds)");
+  if (has_embeds && !(request.prompt_embeds.defined() && request.pooled_prompt_embeds.defined()))
+    throw Error("prompt_embeds and pooled_prompt_embeds go together: give both");
+  if (request.num_images_per_prompt < 1)
+    throw Error("num_images_per_prompt must be at least 1, got " + std::to_string(request.num_images_per_prompt));
+  if (request.num_inference_steps < 1 && !request.sigmas)
+    throw Error("num_inference_steps must be at least 1, got " + std::to_string(request.num_inference_steps));
+  if (request.sigmas && request.sigmas->empty()) throw Error("sigmas must not be empty");
+
+  const int64_t multiple = vae_scale_factor_ * 2;
+  auto checked_size = [&](std::optional<int64_t> value, const char* name) {
+    const int64_t size = value.value_or(default_sample_size * vae_scale_factor_);
+    if (size < multiple)
+      throw Error(std::string(name) + " must be at least " + std::to_string(multiple) + ", got " + std::to_string(size));
+    if (size > 16384)
+      throw Error(std::string(name) + " " + std::to_string(size) + " is over the 16384 limit");
+    if (size % multiple == 0) return size;
+    const int64_t rounded = size / multiple * multiple;
+    if (!request.round_size)
+      throw Error(std::string(name) + " " + std::to_string(size) + " is not a multiple of " + std::to_string(multiple) +
+                  " (vae_scale_factor * 2); use " + std::to_string(rounded) + " or " + std::to_string(rounded + multiple) +
+                  ", or set round_size to round down as diffusers does");
+    DIFFUSE_LOG_WARN("{} {} is not a multiple of {}; it is rounded down to {}", name, size, multiple, rounded);
+    return rounded;
+  };
+  const int64_t height = checked_size(request.height, "height");
+  const int64_t width = checked_size(request.width, "width");
+
+  if (has_embeds) {
+    const auto& pe = request.prompt_embeds;
+    const auto& pooled = request.pooled_prompt_embeds;
+    if (pe.dim() != 3 || pe.size(2) != transformer_config_.joint_attention_dim)
+      throw Error("prompt_embeds have shape " + c10::str(pe.sizes()) + "; expected [batch, sequence, " +
+                  std::to_string(transformer_config_.joint_attention_dim) + "]");
+    if (pooled.dim() != 2 || pooled.size(1) != transformer_config_.pooled_projection_dim || pooled.size(0) != pe.size(0))
+      throw Error("pooled_prompt_embeds have shape " + c10::str(pooled.sizes()) + "; expected [" +
+                  std::to_string(pe.size(0)) + ", " + std::to_string(transformer_config_.pooled_projection_dim) + "]");
+  }
+
+  GenerateOutput out;
+  out.height = height;
+  out.width = width;
+
+  // ---- encode --------------------------------------------------------------------------------------
+  auto stage = Clock::now();
+  PromptEmbeddings embeddings;
+  if (has_prompt) {
+    embeddings = encode_prompt({.prompt = request.prompt,
+                                .prompt_2 = request.prompt_2,
+                                .num_images_per_prompt = request.num_images_per_prompt,
+                                .max_sequence_length = request.max_sequence_length});
+  } else {
+    embeddings.prompt_embeds = repeat_rows(request.prompt_embeds, request.num_images_per_prompt);
+    embeddings.pooled_prompt_embeds = repeat_rows(request.pooled_prompt_embeds, request.num_images_per_prompt);
+    embeddings.text_ids = at::zeros({request.prompt_embeds.size(1), 3}, at::TensorOptions().dtype(dtype_));
+  }
+  out.times.encode_seconds = seconds_since(stage);
+
+  // ---- denoise -------------------------------------------------------------------------------------
+  stage = Clock::now();
+  const int64_t batch = embeddings.prompt_embeds.size(0);
+  at::Tensor latents = draw_latents(request, batch, height, width);
+  out.latents = denoise(request, embeddings, latents, height, width, out.interrupted);
+  out.times.denoise_seconds = seconds_since(stage);
+
+  // ---- decode --------------------------------------------------------------------------------------
+  if (request.output_type != OutputType::Latent) {
+    stage = Clock::now();
+    out.image_tensor = decode_latents(out.latents, height, width).to(at::kCPU);
+    if (request.output_type == OutputType::Image) out.images = images_from_tensor(out.image_tensor);
+    out.times.decode_seconds = seconds_since(stage);
+  }
+  out.times.total_seconds = seconds_since(start);
+  return out;
+}
+
+}  // namespace diffuse

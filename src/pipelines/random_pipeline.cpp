@@ -1,0 +1,328 @@
+#include "diffuse/pipelines/random_pipeline.hpp"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "diffuse/error.hpp"
+#include "diffuse/io/checkpoint.hpp"
+#include "diffuse/models/autoencoder_kl.hpp"
+#include "diffuse/models/clip_text_model.hpp"
+#include "diffuse/models/flux_transformer.hpp"
+#include "diffuse/models/layers.hpp"
+#include "diffuse/models/t5_encoder.hpp"
+#include "io/atomic_file.hpp"
+#include "log.hpp"
+#include "tokenizers/sentencepiece_model.hpp"
+
+namespace diffuse {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+void write_json(const fs::path& path, const json& value) {
+  write_file_atomically(path, [&](std::ostream& out) { out << value.dump(2) << "\n"; });
+}
+
+json clip_config_json(const ClipTextConfig& c) {
+  return {{"architectures", {"CLIPTextModel"}},
+          {"model_type", "clip_text_model"},
+          {"vocab_size", c.vocab_size},
+          {"hidden_size", c.hidden_size},
+          {"intermediate_size", c.intermediate_size},
+          {"projection_dim", c.projection_dim},
+          {"num_hidden_layers", c.num_hidden_layers},
+          {"num_attention_heads", c.num_attention_heads},
+          {"max_position_embeddings", c.max_position_embeddings},
+          {"hidden_act", c.hidden_act},
+          {"layer_norm_eps", c.layer_norm_eps},
+          {"pad_token_id", c.pad_token_id},
+          {"bos_token_id", c.bos_token_id},
+          {"eos_token_id", c.eos_token_id}};
+}
+
+json t5_config_json(const T5Config& c) {
+  return {{"architectures", {"T5EncoderModel"}},
+          {"model_type", "t5"},
+          {"vocab_size", c.vocab_size},
+          {"d_model", c.d_model},
+          {"d_kv", c.d_kv},
+          {"d_ff", c.d_ff},
+          {"num_layers", c.num_layers},
+          {"num_heads", c.num_heads},
+          {"relative_attention_num_buckets", c.relative_attention_num_buckets},
+          {"relative_attention_max_distance", c.relative_attention_max_distance},
+          {"layer_norm_epsilon", c.layer_norm_epsilon},
+          {"feed_forward_proj", c.feed_forward_proj},
+          {"is_encoder_decoder", false},
+          {"pad_token_id", c.pad_token_id},
+          {"eos_token_id", c.eos_token_id}};
+}
+
+json transformer_config_json(const FluxTransformerConfig& c) {
+  return {{"_class_name", "FluxTransformer2DModel"},
+          {"patch_size", c.patch_size},
+          {"in_channels", c.in_channels},
+          {"out_channels", nullptr},
+          {"num_layers", c.num_layers},
+          {"num_single_layers", c.num_single_layers},
+          {"attention_head_dim", c.attention_head_dim},
+          {"num_attention_heads", c.num_attention_heads},
+          {"joint_attention_dim", c.joint_attention_dim},
+          {"pooled_projection_dim", c.pooled_projection_dim},
+          {"guidance_embeds", c.guidance_embeds},
+          {"axes_dims_rope", c.axes_dims_rope}};
+}
+
+json vae_config_json(const AutoencoderKLConfig& c) {
+  return {{"_class_name", "AutoencoderKL"},
+          {"in_channels", c.in_channels},
+          {"out_channels", c.out_channels},
+          {"down_block_types", c.down_block_types},
+          {"up_block_types", c.up_block_types},
+          {"block_out_channels", c.block_out_channels},
+          {"layers_per_block", c.layers_per_block},
+          {"act_fn", c.act_fn},
+          {"latent_channels", c.latent_channels},
+          {"norm_num_groups", c.norm_num_groups},
+          {"sample_size", c.sample_size},
+          {"scaling_factor", c.scaling_factor},
+          {"shift_factor", c.shift_factor ? json(*c.shift_factor) : json(nullptr)},
+          {"force_upcast", c.force_upcast},
+          {"use_quant_conv", c.use_quant_conv},
+          {"use_post_quant_conv", c.use_post_quant_conv},
+          {"mid_block_add_attention", c.mid_block_add_attention}};
+}
+
+json scheduler_config_json(const FlowMatchEulerDiscreteSchedulerConfig& c) {
+  return {{"_class_name", "FlowMatchEulerDiscreteScheduler"},
+          {"num_train_timesteps", c.num_train_timesteps},
+          {"shift", c.shift},
+          {"use_dynamic_shifting", c.use_dynamic_shifting},
+          {"base_shift", c.base_shift},
+          {"max_shift", c.max_shift},
+          {"base_image_seq_len", c.base_image_seq_len},
+          {"max_image_seq_len", c.max_image_seq_len},
+          {"invert_sigmas", c.invert_sigmas},
+          {"shift_terminal", nullptr},
+          {"use_karras_sigmas", false},
+          {"use_exponential_sigmas", false},
+          {"use_beta_sigmas", false},
+          {"time_shift_type", c.time_shift_type},
+          {"stochastic_sampling", false}};
+}
+
+// Random weights for one module, written under diffusers' file name.
+void write_weights(torch::nn::Module& module, const fs::path& folder, const std::string& base_name,
+                   const RandomPipelineOptions& options, uint64_t seed) {
+  init_random_parameters(module, seed);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
+  save_checkpoint(folder, base_name, tensors, options.max_shard_bytes);
+}
+
+// GPT-2's reversible byte -> printable character map, which CLIP's vocabulary is written in.
+std::vector<std::string> byte_level_alphabet() {
+  std::vector<std::string> alphabet(256);
+  int next = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    const int code_point = printable ? b : next++;
+    std::string utf8;
+    if (code_point < 0x80) {
+      utf8 += static_cast<char>(code_point);
+    } else {
+      utf8 += static_cast<char>(0xC0 | (code_point >> 6));
+      utf8 += static_cast<char>(0x80 | (code_point & 0x3F));
+    }
+    alphabet[b] = utf8;
+  }
+  return alphabet;
+}
+
+// A CLIP vocabulary of single bytes (with and without the end-of-word mark) and no merges: every
+// text tokenizes, one byte per token.
+void write_clip_tokenizer(const fs::path& folder, const ClipTextConfig& config) {
+  fs::create_directories(folder);
+  json vocab = json::object();
+  int64_t id = 0;
+  for (const std::string& symbol : byte_level_alphabet()) vocab[symbol] = id++;
+  for (const std::string& symbol : byte_level_alphabet()) vocab[symbol + "</w>"] = id++;
+  vocab["<|startoftext|>"] = config.bos_token_id;
+  vocab["<|endoftext|>"] = config.eos_token_id;
+  write_json(folder / "vocab.json", vocab);
+  write_file_atomically(folder / "merges.txt", [](std::ostream& out) { out << "#version: 0.2\n"; });
+  write_json(folder / "tokenizer_config.json", {{"tokenizer_class", "CLIPTokenizer"},
+                                                {"model_max_length", 77},
+                                                {"bos_token", "<|startoftext|>"},
+                                                {"eos_token", "<|endoftext|>"},
+                                                {"pad_token", "<|endoftext|>"},
+                                                {"unk_token", "<|endoftext|>"}});
+}
+
+// Words for a small SentencePiece vocabulary: whole words score far above spelling them out, and
+// every printable ASCII character is a piece too, so any ASCII prompt tokenizes without <unk>.
+const char* kVocabularyWords[] = {
+    "a", "an", "the", "photo", "of", "cat", "dog", "with", "look", "like", "red", "blue", "green", "sky", "over",
+    "mountain", "river", "city", "at", "night", "day", "painting", "portrait", "woman", "man", "child", "tree",
+    "forest", "sea", "ocean", "boat", "car", "house", "garden", "flower", "sun", "moon", "star", "light", "dark",
+    "bright", "small", "large", "old", "new", "cozy", "room", "window", "table", "book", "cup", "coffee", "tea",
+    "bird", "fish", "horse", "astronaut", "riding", "on", "in", "and", "or", "to", "from", "under", "near",
+    "beautiful", "detailed", "high", "quality", "cinematic", "soft", "warm", "cold", "snow", "rain", "winter",
+    "summer", "spring", "autumn", "street", "road", "bridge", "castle", "robot", "dragon", "wizard", "hat",
+    "glasses", "smiling", "sitting", "standing", "running", "flying", "watercolor", "oil", "sketch", "digital",
+    "art", "style", "lens", "golden", "hour", "studio", "lighting", "sign", "that", "says", "hello", "world"};
+
+// A unigram spiece.model as T5's is laid out: <pad> 0, </s> 1, <unk> 2, then the pieces.
+void write_t5_tokenizer(const fs::path& folder, T5Config& config) {
+  using tokenizers::SentencePieceModel;
+  fs::create_directories(folder);
+  SentencePieceModel model;
+  model.unk_id = 2;
+  model.pieces.push_back({"<pad>", 0.0f, SentencePieceModel::PieceType::Control});
+  model.pieces.push_back({"</s>", 0.0f, SentencePieceModel::PieceType::Control});
+  model.pieces.push_back({"<unk>", 0.0f, SentencePieceModel::PieceType::Unknown});
+  const std::string word_start = "\xE2\x96\x81";  // U+2581, SentencePiece's space mark
+  model.pieces.push_back({word_start, -3.0f, SentencePieceModel::PieceType::Normal});
+  float score = -4.0f;
+  for (const char* word : kVocabularyWords) {
+    model.pieces.push_back({word_start + word, score, SentencePieceModel::PieceType::Normal});
+    score -= 0.01f;
+  }
+  for (char c = '!'; c <= '~'; ++c) model.pieces.push_back({std::string(1, c), -10.0f, SentencePieceModel::PieceType::Normal});
+  const std::string serialized = model.serialize();
+  write_file_atomically(folder / "spiece.model", [&](std::ostream& out) { out << serialized; });
+  config.vocab_size = static_cast<int64_t>(model.pieces.size()) + 100;  // + transformers' 100 <extra_id_N>
+  write_json(folder / "tokenizer_config.json", {{"tokenizer_class", "T5Tokenizer"},
+                                                {"eos_token", "</s>"},
+                                                {"pad_token", "<pad>"},
+                                                {"unk_token", "<unk>"},
+                                                {"extra_ids", 100},
+                                                {"model_max_length", 512}});
+}
+
+void copy_folder(const fs::path& from, const fs::path& to) {
+  if (!fs::is_directory(from)) throw Error(from.string() + ": tokenizer folder to copy is missing");
+  fs::create_directories(to);
+  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+}
+
+}  // namespace
+
+std::vector<std::string> flux_shape_names() { return {"flux-tiny", "flux-dev"}; }
+
+FluxShape flux_shape(std::string_view name) {
+  FluxShape shape;
+  shape.scheduler.shift = 3.0;
+  shape.scheduler.use_dynamic_shifting = true;
+  shape.scheduler.base_shift = 0.5;
+  shape.scheduler.max_shift = 1.15;
+  shape.vae.down_block_types = std::vector<std::string>(4, "DownEncoderBlock2D");
+  shape.vae.up_block_types = std::vector<std::string>(4, "UpDecoderBlock2D");
+  shape.vae.scaling_factor = 0.3611;
+  shape.vae.shift_factor = 0.1159;
+  shape.vae.use_quant_conv = false;
+  shape.vae.use_post_quant_conv = false;
+  shape.text_encoder.pad_token_id = 49407;
+  shape.text_encoder_2.feed_forward_proj = "gated-gelu";
+  shape.text_encoder_2.is_gated_act = true;
+  shape.text_encoder_2.dense_act_fn = "gelu_new";
+  shape.transformer.guidance_embeds = true;
+  if (name == "flux-tiny") {
+    auto& clip = shape.text_encoder;
+    clip.hidden_size = 32, clip.intermediate_size = 37, clip.projection_dim = 32;
+    clip.num_hidden_layers = 2, clip.num_attention_heads = 4;
+    auto& t5 = shape.text_encoder_2;
+    t5.d_model = 32, t5.d_kv = 8, t5.d_ff = 64, t5.num_layers = 2, t5.num_heads = 4, t5.vocab_size = 1100;
+    auto& transformer = shape.transformer;
+    transformer.in_channels = 16, transformer.out_channels = 16;
+    transformer.num_layers = 2, transformer.num_single_layers = 2;
+    transformer.attention_head_dim = 16, transformer.num_attention_heads = 4;
+    transformer.joint_attention_dim = 32, transformer.pooled_projection_dim = 32;
+    transformer.axes_dims_rope = {4, 6, 6};
+    auto& vae = shape.vae;
+    vae.block_out_channels = {8, 16, 16, 16};
+    vae.latent_channels = 4, vae.norm_num_groups = 4, vae.sample_size = 64;
+    return shape;
+  }
+  if (name == "flux-dev") {
+    auto& clip = shape.text_encoder;  // CLIP ViT-L/14's text tower
+    clip.hidden_size = 768, clip.intermediate_size = 3072, clip.projection_dim = 768;
+    clip.num_hidden_layers = 12, clip.num_attention_heads = 12;
+    auto& t5 = shape.text_encoder_2;  // T5 v1.1 XXL's encoder
+    t5.d_model = 4096, t5.d_kv = 64, t5.d_ff = 10240, t5.num_layers = 24, t5.num_heads = 64, t5.vocab_size = 32128;
+    shape.transformer = FluxTransformerConfig{};  // diffusers' defaults are FLUX.1's shape
+    shape.transformer.guidance_embeds = true;
+    auto& vae = shape.vae;
+    vae.block_out_channels = {128, 256, 512, 512};
+    vae.layers_per_block = 2, vae.latent_channels = 16, vae.norm_num_groups = 32, vae.sample_size = 1024;
+    return shape;
+  }
+  std::string names;
+  for (const auto& n : flux_shape_names()) names += (names.empty() ? "" : ", ") + n;
+  throw Error("unknown pipeline shape '" + std::string(name) + "' (known: " + names + ")");
+}
+
+void write_random_flux_pipeline(const fs::path& folder, const RandomPipelineOptions& options) {
+  FluxShape shape = flux_shape(options.shape);
+  fs::create_directories(folder);
+  const at::TensorOptions tensor_options = at::TensorOptions().dtype(options.dtype);
+
+  if (options.tokenizers_from) {
+    copy_folder(*options.tokenizers_from / "tokenizer", folder / "tokenizer");
+    copy_folder(*options.tokenizers_from / "tokenizer_2", folder / "tokenizer_2");
+    const auto spiece = tokenizers::SentencePieceModel::load(folder / "tokenizer_2" / "spiece.model");
+    shape.text_encoder_2.vocab_size = static_cast<int64_t>(spiece.pieces.size()) + 100;
+  } else {
+    write_clip_tokenizer(folder / "tokenizer", shape.text_encoder);
+    write_t5_tokenizer(folder / "tokenizer_2", shape.text_encoder_2);
+  }
+
+  write_json(folder / "model_index.json", {{"_class_name", "FluxPipeline"},
+                                           {"_diffusers_version", "0.40.0.dev0"},
+                                           {"feature_extractor", {nullptr, nullptr}},
+                                           {"image_encoder", {nullptr, nullptr}},
+                                           {"scheduler", {"diffusers", "FlowMatchEulerDiscreteScheduler"}},
+                                           {"text_encoder", {"transformers", "CLIPTextModel"}},
+                                           {"text_encoder_2", {"transformers", "T5EncoderModel"}},
+                                           {"tokenizer", {"transformers", "CLIPTokenizer"}},
+                                           {"tokenizer_2", {"transformers", "T5Tokenizer"}},
+                                           {"transformer", {"diffusers", "FluxTransformer2DModel"}},
+                                           {"vae", {"diffusers", "AutoencoderKL"}}});
+  fs::create_directories(folder / "scheduler");
+  write_json(folder / "scheduler" / "scheduler_config.json", scheduler_config_json(shape.scheduler));
+
+  // One component at a time, so that only one model's weights are in memory.
+  DIFFUSE_LOG_INFO("writing {} text_encoder (CLIP)", options.shape);
+  fs::create_directories(folder / "text_encoder");
+  write_json(folder / "text_encoder" / "config.json", clip_config_json(shape.text_encoder));
+  {
+    ClipTextModel model(shape.text_encoder, tensor_options);
+    write_weights(*model, folder / "text_encoder", "model", options, options.seed + 1);
+  }
+  DIFFUSE_LOG_INFO("writing {} text_encoder_2 (T5)", options.shape);
+  fs::create_directories(folder / "text_encoder_2");
+  write_json(folder / "text_encoder_2" / "config.json", t5_config_json(shape.text_encoder_2));
+  {
+    T5EncoderModel model(shape.text_encoder_2, tensor_options);
+    write_weights(*model, folder / "text_encoder_2", "model", options, options.seed + 2);
+  }
+  DIFFUSE_LOG_INFO("writing {} transformer", options.shape);
+  fs::create_directories(folder / "transformer");
+  write_json(folder / "transformer" / "config.json", transformer_config_json(shape.transformer));
+  {
+    FluxTransformer2DModel model(shape.transformer, tensor_options);
+    write_weights(*model, folder / "transformer", "diffusion_pytorch_model", options, options.seed + 3);
+  }
+  DIFFUSE_LOG_INFO("writing {} vae", options.shape);
+  fs::create_directories(folder / "vae");
+  write_json(folder / "vae" / "config.json", vae_config_json(shape.vae));
+  {
+    AutoencoderKL model(shape.vae, tensor_options);
+    write_weights(*model, folder / "vae", "diffusion_pytorch_model", options, options.seed + 4);
+  }
+}
+
+}  // namespace diffuse
