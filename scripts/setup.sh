@@ -3,9 +3,11 @@
 # everything is there. Safe to run again.
 set -euo pipefail
 
+# libopenblas0-pthread: libtorch-dev calls BLAS through libblas.so.3, which is the slow reference BLAS
+# unless an optimized one is installed (OpenBLAS takes over through Debian's alternatives).
 packages=(
   build-essential cmake ninja-build pkg-config
-  libtorch-dev libgloo-dev
+  libtorch-dev libgloo-dev libopenblas0-pthread
   nlohmann-json3-dev libspdlog-dev libfmt-dev libpng-dev
   libgtest-dev libbenchmark-dev
 )
