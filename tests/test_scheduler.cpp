@@ -33,7 +33,7 @@ Config flux_dev_config() {
 double print_error(const char* what, const at::Tensor& actual, const at::Tensor& expected) {
   const double error = test::relative_error(actual, expected);
   std::printf("[ measured ] %s: max|a-b|/max|b| = %.3e (bitwise equal: %s)\n", what, error,
-              actual.equal(expected) ? "yes" : "no");
+              actual.cpu().equal(expected.cpu()) ? "yes" : "no");
   return error;
 }
 

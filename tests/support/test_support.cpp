@@ -28,7 +28,9 @@ std::filesystem::path temporary_folder(const std::string& name) {
 
 c10::Device test_device() {
   const char* env = std::getenv("DIFFUSE_TEST_DEVICE");
-  const c10::Device device(env != nullptr && *env != '\0' ? env : "cpu");
+  c10::Device device(env != nullptr && *env != '\0' ? env : "cpu");
+  // "cuda" means the current GPU; name it, so that it compares equal to a tensor's device.
+  if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
   // The references are IEEE float32; PyTorch's CUDA default runs cuDNN convolutions in TF32, which
   // alone misses 1e-4. Parity tests compare arithmetic, so TF32 is off for them.
   if (device.is_cuda()) {
