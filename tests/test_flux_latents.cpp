@@ -9,17 +9,6 @@
 
 using namespace diffuse;
 
-namespace {
-
-double print_error(const char* what, const at::Tensor& actual, const at::Tensor& expected) {
-  const double error = test::relative_error(actual, expected);
-  std::printf("[ measured ] %s: max|a-b|/max|b| = %.3e (bitwise equal: %s)\n", what, error,
-              actual.cpu().equal(expected.cpu()) ? "yes" : "no");
-  return error;
-}
-
-}  // namespace
-
 TEST(FluxLatents, SeededLatentsMatchDiffusers) {
   DIFFUSE_REQUIRE_FIXTURES();
   const auto& ref = test::tiny_flux_reference();
@@ -29,7 +18,7 @@ TEST(FluxLatents, SeededLatentsMatchDiffusers) {
   EXPECT_EQ(latents.device(), test::test_device());
   EXPECT_EQ(latents.sizes(), (std::vector<int64_t>{1, 24, 16}));
   EXPECT_TENSORS_CLOSE(latents, ref.load("latents_init"), 1e-4);
-  print_error("prepare_latents(seed 0) vs latents_init", latents, ref.load("latents_init"));
+  test::print_error("prepare_latents(seed 0) vs latents_init", latents, ref.load("latents_init"));
 }
 
 TEST(FluxLatents, ImageIdsMatchDiffusers) {
@@ -38,7 +27,7 @@ TEST(FluxLatents, ImageIdsMatchDiffusers) {
   at::Tensor ids = prepare_latent_image_ids(flux_latent_size(64) / 2, flux_latent_size(96) / 2);
   EXPECT_EQ(ids.scalar_type(), at::kFloat);
   EXPECT_TRUE(ids.equal(ref.load("latent_image_ids")));
-  print_error("latent_image_ids", ids, ref.load("latent_image_ids"));
+  test::print_error("latent_image_ids", ids, ref.load("latent_image_ids"));
   EXPECT_EQ(prepare_latent_image_ids(2, 3, at::kBFloat16).scalar_type(), at::kBFloat16);
   EXPECT_TRUE(prepare_latent_image_ids(2, 3)[4].equal(at::tensor({0.0f, 1.0f, 1.0f})));  // row 1, col 1
 }
@@ -48,7 +37,7 @@ TEST(FluxLatents, UnpackMatchesDiffusers) {
   const auto& ref = test::tiny_flux_reference();
   at::Tensor unpacked = unpack_latents(ref.load("latents_final"), 64, 96, 8);
   EXPECT_TRUE(unpacked.equal(ref.load("latents_unpacked")));
-  print_error("unpack_latents(latents_final) vs latents_unpacked", unpacked, ref.load("latents_unpacked"));
+  test::print_error("unpack_latents(latents_final) vs latents_unpacked", unpacked, ref.load("latents_unpacked"));
   EXPECT_TRUE(pack_latents(unpacked).equal(ref.load("latents_final")));
 }
 

@@ -30,13 +30,6 @@ Config flux_dev_config() {
   return c;
 }
 
-double print_error(const char* what, const at::Tensor& actual, const at::Tensor& expected) {
-  const double error = test::relative_error(actual, expected);
-  std::printf("[ measured ] %s: max|a-b|/max|b| = %.3e (bitwise equal: %s)\n", what, error,
-              actual.cpu().equal(expected.cpu()) ? "yes" : "no");
-  return error;
-}
-
 }  // namespace
 
 TEST(FlowMatchEulerDiscreteScheduler, TinyFluxTimestepsAndSigmasMatchDiffusers) {
@@ -52,8 +45,8 @@ TEST(FlowMatchEulerDiscreteScheduler, TinyFluxTimestepsAndSigmasMatchDiffusers) 
   EXPECT_EQ(scheduler.num_inference_steps(), 4);
   EXPECT_TENSORS_CLOSE(scheduler.timesteps(), ref.load("timesteps"), 1e-4);
   EXPECT_TENSORS_CLOSE(scheduler.sigmas(), ref.load("sigmas"), 1e-4);
-  print_error("timesteps", scheduler.timesteps(), ref.load("timesteps"));
-  print_error("sigmas", scheduler.sigmas(), ref.load("sigmas"));
+  test::print_error("timesteps", scheduler.timesteps(), ref.load("timesteps"));
+  test::print_error("sigmas", scheduler.sigmas(), ref.load("sigmas"));
   EXPECT_TRUE(scheduler.timesteps().equal(ref.load("timesteps")));
   EXPECT_TRUE(scheduler.sigmas().equal(ref.load("sigmas")));
   // The transformer gets timestep / 1000.
@@ -71,7 +64,7 @@ TEST(FlowMatchEulerDiscreteScheduler, FirstStepMatchesDiffusers) {
   EXPECT_EQ(next.scalar_type(), at::kFloat);
   EXPECT_EQ(next.device(), device);
   EXPECT_TENSORS_CLOSE(next, ref.load("latents_after_step_0"), 1e-4);
-  print_error("step 0 vs latents_after_step_0", next, ref.load("latents_after_step_0"));
+  test::print_error("step 0 vs latents_after_step_0", next, ref.load("latents_after_step_0"));
   const double timestep = scheduler.timesteps()[0].item<float>();
   EXPECT_EQ(scheduler.index_for_timestep(timestep), 0);
 }

@@ -53,14 +53,7 @@ at::Tensor AutoencoderKLImpl::decode(const at::Tensor& latents) {
 }
 
 AutoencoderKL load_autoencoder_kl(const std::filesystem::path& folder, c10::ScalarType dtype, c10::Device device) {
-  const auto config = AutoencoderKLConfig::from_file(folder / "config.json");
-  AutoencoderKL model(config, at::TensorOptions().dtype(dtype).device(device));
-  WeightLoadOptions options;
-  options.dtype = dtype;
-  options.device = device;
-  load_weights(*model, Checkpoint::open(folder), options);
-  model->eval();
-  return model;
+  return load_pretrained<AutoencoderKL, AutoencoderKLConfig>(folder, {.dtype = dtype, .device = device});
 }
 
 at::Tensor scale_latents(const at::Tensor& latents, const AutoencoderKLConfig& config) {

@@ -108,15 +108,7 @@ ClipTextOutput ClipTextModelImpl::forward(const at::Tensor& input_ids) {
 }
 
 ClipTextModel load_clip_text_model(const std::filesystem::path& folder, c10::ScalarType dtype, c10::Device device) {
-  const ClipTextConfig config = ClipTextConfig::from_file(folder / "config.json");
-  const Checkpoint checkpoint = Checkpoint::open(folder);
-  // Built uninitialized in the target dtype and device; load_weights swaps in the stored tensors.
-  ClipTextModel model(config, at::TensorOptions().dtype(dtype).device(device));
-  WeightLoadOptions options;
-  options.dtype = dtype;
-  options.device = device;
-  load_weights(*model, checkpoint, options);
-  return model;
+  return load_pretrained<ClipTextModel, ClipTextConfig>(folder, {.dtype = dtype, .device = device});
 }
 
 }  // namespace diffuse

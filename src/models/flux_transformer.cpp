@@ -99,7 +99,6 @@ RotaryEmbedding FluxTransformer2DModelImpl::rotary_embedding(const at::Tensor& t
 at::Tensor FluxTransformer2DModelImpl::forward(const FluxTransformerInputs& in) {
   check_inputs(in);
   at::Tensor hidden_states = x_embedder(in.hidden_states);
-  const auto dtype = hidden_states.scalar_type();
   // The pipeline passes t/1000. diffusers rounds it (and guidance) to the compute dtype before scaling
   // back up; in bfloat16 that turns guidance 3.5 into 3504/1000 and moves the whole output by ~3%.
   // Scaling in float32 keeps the sinusoids exact; they are cast to the compute dtype after.
@@ -126,16 +125,7 @@ at::Tensor FluxTransformer2DModelImpl::forward(const FluxTransformerInputs& in) 
 
 FluxTransformer2DModel load_flux_transformer(const std::filesystem::path& folder, c10::ScalarType dtype,
                                              c10::Device device) {
-  const auto config = FluxTransformerConfig::from_file(folder / "config.json");
-  Checkpoint checkpoint = Checkpoint::open(folder);
-  // The placeholders are left uninitialized and replaced one by one by the checkpoint's tensors.
-  FluxTransformer2DModel model(config, at::TensorOptions().dtype(dtype).device(device));
-  WeightLoadOptions load_options;
-  load_options.dtype = dtype;
-  load_options.device = device;
-  load_weights(*model, checkpoint, load_options);
-  model->eval();
-  return model;
+  return load_pretrained<FluxTransformer2DModel, FluxTransformerConfig>(folder, {.dtype = dtype, .device = device});
 }
 
 }  // namespace diffuse

@@ -161,17 +161,11 @@ at::Tensor T5EncoderModelImpl::forward(const at::Tensor& input_ids) {
 }
 
 T5EncoderModel load_t5_encoder(const std::filesystem::path& folder, c10::ScalarType dtype, c10::Device device) {
-  const T5Config config = T5Config::from_file(folder / "config.json");
-  const Checkpoint checkpoint = Checkpoint::open(folder);
-  // Built uninitialized in the target dtype and device; load_weights swaps in the stored tensors.
-  T5EncoderModel model(config, at::TensorOptions().dtype(dtype).device(device));
-  WeightLoadOptions options;
-  options.dtype = dtype;
-  options.device = device;
+  WeightLoadOptions options{.dtype = dtype, .device = device};
+  // The encoder's embed_tokens is tied to `shared`; some checkpoints store both.
   options.tied_aliases = {{"encoder.embed_tokens.weight", "shared.weight"}};
   if (dtype == c10::kHalf) options.keep_in_float32 = {"wo"};  // transformers' T5 _keep_in_fp32_modules
-  load_weights(*model, checkpoint, options);
-  return model;
+  return load_pretrained<T5EncoderModel, T5Config>(folder, options);
 }
 
 }  // namespace diffuse

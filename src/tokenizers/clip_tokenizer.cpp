@@ -317,10 +317,7 @@ std::vector<int64_t> ClipTokenizer::operator()(std::string_view text, int64_t ma
 }
 
 at::Tensor ClipTokenizer::encode_batch(const std::vector<std::string>& texts, int64_t max_length) const {
-  std::vector<std::vector<int64_t>> rows;
-  rows.reserve(texts.size());
-  for (const auto& text : texts) rows.push_back((*this)(text, max_length));
-  return tokenizers::to_tensor(rows, max_length);
+  return tokenizers::encode_rows(texts, max_length, [&](std::string_view text) { return (*this)(text, max_length); });
 }
 
 int64_t ClipTokenizer::token_to_id(std::string_view token) const {

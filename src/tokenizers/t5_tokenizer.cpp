@@ -184,10 +184,7 @@ std::vector<int64_t> T5Tokenizer::operator()(std::string_view text, int64_t max_
 }
 
 at::Tensor T5Tokenizer::encode_batch(const std::vector<std::string>& texts, int64_t max_length) const {
-  std::vector<std::vector<int64_t>> rows;
-  rows.reserve(texts.size());
-  for (const auto& text : texts) rows.push_back((*this)(text, max_length));
-  return tokenizers::to_tensor(rows, max_length);
+  return tokenizers::encode_rows(texts, max_length, [&](std::string_view text) { return (*this)(text, max_length); });
 }
 
 int64_t T5Tokenizer::token_to_id(std::string_view token) const {

@@ -126,10 +126,12 @@ std::vector<int64_t> truncate_and_pad(std::vector<int64_t> ids, int64_t max_leng
   return ids;
 }
 
-at::Tensor to_tensor(const std::vector<std::vector<int64_t>>& rows, int64_t length) {
-  at::Tensor out = at::empty({static_cast<int64_t>(rows.size()), length}, at::TensorOptions().dtype(at::kLong));
+at::Tensor encode_rows(const std::vector<std::string>& texts, int64_t length,
+                       const std::function<std::vector<int64_t>(std::string_view)>& encode_row) {
+  at::Tensor out = at::empty({static_cast<int64_t>(texts.size()), length}, at::TensorOptions().dtype(at::kLong));
   int64_t* data = out.data_ptr<int64_t>();
-  for (const auto& row : rows) {
+  for (const auto& text : texts) {
+    const std::vector<int64_t> row = encode_row(text);
     std::copy(row.begin(), row.end(), data);
     data += length;
   }

@@ -56,7 +56,9 @@ class SpecialTokens {
 std::vector<int64_t> truncate_and_pad(std::vector<int64_t> ids, int64_t max_length, size_t trailing,
                                       int64_t pad_id);
 
-// Rows of equal length as an int64 CPU tensor [rows, length].
-at::Tensor to_tensor(const std::vector<std::vector<int64_t>>& rows, int64_t length);
+// Each text encoded by `encode_row` (which returns exactly `length` ids) as one row of an int64 CPU
+// tensor [texts, length].
+at::Tensor encode_rows(const std::vector<std::string>& texts, int64_t length,
+                       const std::function<std::vector<int64_t>(std::string_view)>& encode_row);
 
 }  // namespace diffuse::tokenizers

@@ -1,5 +1,6 @@
 #include "support/test_support.hpp"
 
+#include <cstdio>
 #include <cstdlib>
 #include <sstream>
 
@@ -46,6 +47,13 @@ double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
   const double scale = b.abs().max().item<double>();
   const double diff = (a - b).abs().max().item<double>();
   return scale > 0 ? diff / scale : diff;
+}
+
+double print_error(const char* what, const at::Tensor& actual, const at::Tensor& expected) {
+  const double error = relative_error(actual, expected);
+  std::printf("[ measured ] %s: max|a-b|/max|b| = %.3e (bitwise equal: %s)\n", what, error,
+              actual.cpu().equal(expected.cpu()) ? "yes" : "no");
+  return error;
 }
 
 ::testing::AssertionResult tensors_close(const at::Tensor& actual, const at::Tensor& expected, double tolerance) {

@@ -28,6 +28,9 @@ c10::Device test_device();
 // max|actual - expected| / max|expected|, in float64, after moving both to the CPU.
 double relative_error(const at::Tensor& actual, const at::Tensor& expected);
 
+// Prints "[ measured ] what: max|a-b|/max|b| = ... (bitwise equal: yes|no)" and returns the error.
+double print_error(const char* what, const at::Tensor& actual, const at::Tensor& expected);
+
 // Asserts shapes equal and relative_error <= tolerance, printing both values on failure.
 ::testing::AssertionResult tensors_close(const at::Tensor& actual, const at::Tensor& expected, double tolerance);
 

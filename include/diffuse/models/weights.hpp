@@ -3,10 +3,12 @@
 // transformers' names, so no mapping table is needed: every tensor in the checkpoint must be consumed
 // and every parameter filled, or the error lists the names on each side.
 
+#include <ATen/core/TensorBody.h>
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 #include <torch/nn/module.h>
 
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -30,6 +32,19 @@ struct WeightLoadOptions {
 // converted and moved as `options` say. Throws diffuse::Error listing missing names, unexpected names
 // and shape mismatches (with both shapes) before touching the module.
 void load_weights(torch::nn::Module& module, const Checkpoint& checkpoint, const WeightLoadOptions& options);
+
+// The common way a model folder loads: `Config::from_file(folder/config.json)`, the model built from
+// it with uninitialized parameters in options.dtype on options.device, then the folder's weights
+// swapped in by load_weights. Returns the model in eval mode.
+template <typename Model, typename Config>
+Model load_pretrained(const std::filesystem::path& folder, const WeightLoadOptions& options) {
+  const Config config = Config::from_file(folder / "config.json");
+  const Checkpoint checkpoint = Checkpoint::open(folder);
+  Model model(config, at::TensorOptions().dtype(options.dtype).device(options.device));
+  load_weights(*model, checkpoint, options);
+  model->eval();
+  return model;
+}
 
 // Moves every parameter and buffer of `module` to `device` and floating-point ones to `dtype`,
 // keeping those matched by `keep_in_float32` in float32.
