@@ -39,7 +39,7 @@ AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& config, const at
 std::pair<at::Tensor, at::Tensor> AutoencoderKLImpl::encode_moments(const at::Tensor& images) {
   check_input(images, "encode", config_.in_channels);
   at::Tensor moments = encoder(images);
-  if (quant_conv) moments = quant_conv(moments);
+  if (quant_conv) moments = forward_unit(*quant_conv, moments);
   auto halves = moments.chunk(2, /*dim=*/1);
   return {halves[0], at::clamp(halves[1], -30.0, 20.0)};
 }
@@ -48,7 +48,7 @@ at::Tensor AutoencoderKLImpl::encode_mean(const at::Tensor& images) { return enc
 
 at::Tensor AutoencoderKLImpl::decode(const at::Tensor& latents) {
   check_input(latents, "decode", config_.latent_channels);
-  at::Tensor z = post_quant_conv ? post_quant_conv(latents) : latents;
+  at::Tensor z = post_quant_conv ? forward_unit(*post_quant_conv, latents) : latents;
   return decoder(z);
 }
 

@@ -78,7 +78,7 @@ ClipEncoderImpl::ClipEncoderImpl(const ClipTextConfig& config, const at::TensorO
 }
 
 at::Tensor ClipEncoderImpl::forward(at::Tensor hidden_states) {
-  for (const auto& layer : *layers) hidden_states = layer->as<ClipEncoderLayerImpl>()->forward(hidden_states);
+  for (const auto& layer : *layers) hidden_states = forward_unit(*layer->as<ClipEncoderLayerImpl>(), hidden_states);
   return hidden_states;
 }
 
@@ -95,14 +95,16 @@ ClipTextOutput ClipTextModelImpl::forward(const at::Tensor& input_ids) {
     throw Error("CLIPTextModel: input_ids must be [batch, tokens], got " + std::to_string(input_ids.dim()) +
                 " dimensions");
   const at::Tensor ids = input_ids.to(embeddings->token_embedding->weight.device(), at::kLong);
-  at::Tensor hidden = final_layer_norm->forward(encoder->forward(embeddings->forward(ids)));
+  at::Tensor hidden = forward_unit(*final_layer_norm, encoder->forward(forward_unit(*embeddings, ids)));
 
   // The end-of-text position per row. transformers keeps the legacy rule for configs whose
   // eos_token_id is still 2 (the highest id is the eos token in the original vocabulary); otherwise
   // the first position holding eos_token_id (padding may repeat it, as FLUX.1's tokenizer does).
-  at::Tensor eos_position = config_.eos_token_id == 2 ? ids.argmax(-1)
-                                                      : ids.eq(config_.eos_token_id).to(at::kInt).argmax(-1);
-  at::Tensor rows = at::arange(ids.size(0), ids.options());
+  // Under a device map the last layer may run elsewhere than the embeddings: index where `hidden` is.
+  at::Tensor eos_position = (config_.eos_token_id == 2 ? ids.argmax(-1)
+                                                       : ids.eq(config_.eos_token_id).to(at::kInt).argmax(-1))
+                                .to(hidden.device());
+  at::Tensor rows = at::arange(ids.size(0), ids.options().device(hidden.device()));
   at::Tensor pooled = hidden.index({rows, eos_position});
   return {hidden, pooled};
 }

@@ -24,6 +24,11 @@ at::Tensor drop_batch(const at::Tensor& ids) { return ids.dim() == 3 ? ids.selec
 
 }  // namespace
 
+// A block's rotary embedding follows it to its device (found by run_unit through argument-dependent lookup).
+static RotaryEmbedding to_unit_device(const RotaryEmbedding& rotary, c10::Device device) {
+  return {rotary.cos.to(device), rotary.sin.to(device)};
+}
+
 FluxTransformer2DModelImpl::FluxTransformer2DModelImpl(const FluxTransformerConfig& config,
                                                        const at::TensorOptions& options)
     : config_(config) {
@@ -98,29 +103,30 @@ RotaryEmbedding FluxTransformer2DModelImpl::rotary_embedding(const at::Tensor& t
 
 at::Tensor FluxTransformer2DModelImpl::forward(const FluxTransformerInputs& in) {
   check_inputs(in);
-  at::Tensor hidden_states = x_embedder(in.hidden_states);
+  // Each unit runs through forward_unit, so that a device map's hooks can place it (a plain call without).
+  at::Tensor hidden_states = forward_unit(*x_embedder, in.hidden_states);
   // The pipeline passes t/1000. diffusers rounds it (and guidance) to the compute dtype before scaling
   // back up; in bfloat16 that turns guidance 3.5 into 3504/1000 and moves the whole output by ~3%.
   // Scaling in float32 keeps the sinusoids exact; they are cast to the compute dtype after.
   at::Tensor timestep = in.timestep.to(at::kFloat) * 1000;
   at::Tensor guidance = in.guidance.defined() ? in.guidance.to(at::kFloat) * 1000 : at::Tensor();
-  at::Tensor temb = time_text_embed(timestep, guidance, in.pooled_projections);
-  at::Tensor encoder_hidden_states = context_embedder(in.encoder_hidden_states);
+  at::Tensor temb = forward_unit(*time_text_embed, timestep, guidance, in.pooled_projections);
+  at::Tensor encoder_hidden_states = forward_unit(*context_embedder, in.encoder_hidden_states);
   RotaryEmbedding rotary = rotary_embedding(in.txt_ids, in.img_ids);
 
   for (const auto& block : *transformer_blocks) {
-    FluxBlockOutput out =
-        block->as<FluxTransformerBlockImpl>()->forward(hidden_states, encoder_hidden_states, temb, rotary);
+    FluxBlockOutput out = forward_unit(*block->as<FluxTransformerBlockImpl>(), hidden_states,
+                                       encoder_hidden_states, temb, rotary);
     hidden_states = out.hidden_states;
     encoder_hidden_states = out.encoder_hidden_states;
   }
   for (const auto& block : *single_transformer_blocks) {
-    FluxBlockOutput out =
-        block->as<FluxSingleTransformerBlockImpl>()->forward(hidden_states, encoder_hidden_states, temb, rotary);
+    FluxBlockOutput out = forward_unit(*block->as<FluxSingleTransformerBlockImpl>(), hidden_states,
+                                       encoder_hidden_states, temb, rotary);
     hidden_states = out.hidden_states;
     encoder_hidden_states = out.encoder_hidden_states;
   }
-  return proj_out(norm_out(hidden_states, temb));
+  return forward_unit(*proj_out, forward_unit(*norm_out, hidden_states, temb));
 }
 
 FluxTransformer2DModel load_flux_transformer(const std::filesystem::path& folder, c10::ScalarType dtype,

@@ -139,12 +139,14 @@ T5StackImpl::T5StackImpl(const T5Config& config, const at::TensorOptions& option
 at::Tensor T5StackImpl::forward(at::Tensor hidden_states) {
   if (block->size() > 0) {
     // One bias for the whole stack: only block 0 owns the table, every block adds the same values.
+    // Computing it uses block 0's weights, so it runs as block 0 (a placement hook brings them in).
     const int64_t length = hidden_states.size(1);
     auto* first_attention = block[0]->as<T5BlockImpl>()->layer[0]->as<T5LayerSelfAttentionImpl>();
-    const at::Tensor position_bias = first_attention->SelfAttention->compute_bias(length, length);
-    for (const auto& b : *block) hidden_states = b->as<T5BlockImpl>()->forward(hidden_states, position_bias);
+    const at::Tensor position_bias =
+        run_unit(*block[0], [&] { return first_attention->SelfAttention->compute_bias(length, length); });
+    for (const auto& b : *block) hidden_states = forward_unit(*b->as<T5BlockImpl>(), hidden_states, position_bias);
   }
-  return final_layer_norm->forward(hidden_states);
+  return forward_unit(*final_layer_norm, hidden_states);
 }
 
 T5EncoderModelImpl::T5EncoderModelImpl(const T5Config& config, const at::TensorOptions& options) : config_(config) {
@@ -157,7 +159,7 @@ at::Tensor T5EncoderModelImpl::forward(const at::Tensor& input_ids) {
     throw Error("T5EncoderModel: input_ids must be [batch, tokens], got " + std::to_string(input_ids.dim()) +
                 " dimensions");
   const at::Tensor ids = input_ids.to(shared->weight.device(), at::kLong);
-  return encoder->forward(shared->forward(ids));
+  return encoder->forward(forward_unit(*shared, ids));
 }
 
 T5EncoderModel load_t5_encoder(const std::filesystem::path& folder, c10::ScalarType dtype, c10::Device device) {

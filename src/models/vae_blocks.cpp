@@ -137,10 +137,10 @@ EncoderImpl::EncoderImpl(const AutoencoderKLConfig& config, const at::TensorOpti
 }
 
 at::Tensor EncoderImpl::forward(const at::Tensor& images) {
-  at::Tensor hidden = conv_in(images);
-  for (const auto& block : *down_blocks) hidden = block->as<DownEncoderBlock2DImpl>()->forward(hidden);
-  hidden = mid_block(hidden);
-  return conv_out(at::silu(conv_norm_out(hidden)));
+  at::Tensor hidden = forward_unit(*conv_in, images);
+  for (const auto& block : *down_blocks) hidden = forward_unit(*block->as<DownEncoderBlock2DImpl>(), hidden);
+  hidden = forward_unit(*mid_block, hidden);
+  return forward_unit(*conv_out, at::silu(forward_unit(*conv_norm_out, hidden)));
 }
 
 DecoderImpl::DecoderImpl(const AutoencoderKLConfig& config, const at::TensorOptions& options) {
@@ -167,9 +167,9 @@ DecoderImpl::DecoderImpl(const AutoencoderKLConfig& config, const at::TensorOpti
 }
 
 at::Tensor DecoderImpl::forward(const at::Tensor& latents) {
-  at::Tensor hidden = mid_block(conv_in(latents));
-  for (const auto& block : *up_blocks) hidden = block->as<UpDecoderBlock2DImpl>()->forward(hidden);
-  return conv_out(at::silu(conv_norm_out(hidden)));
+  at::Tensor hidden = forward_unit(*mid_block, forward_unit(*conv_in, latents));
+  for (const auto& block : *up_blocks) hidden = forward_unit(*block->as<UpDecoderBlock2DImpl>(), hidden);
+  return forward_unit(*conv_out, at::silu(forward_unit(*conv_norm_out, hidden)));
 }
 
 }  // namespace diffuse::vae

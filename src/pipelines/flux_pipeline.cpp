@@ -10,6 +10,11 @@
 #include "diffuse/error.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
+#include "diffuse/placement/device_memory.hpp"
+#include "diffuse/placement/dispatch.hpp"
+#include "diffuse/placement/model_units.hpp"
+#include "diffuse/placement/module_hooks.hpp"
+#include "diffuse/placement/planner.hpp"
 #include "log.hpp"
 
 namespace diffuse {
@@ -42,6 +47,29 @@ bool contains(const std::vector<std::string>& names, const std::string& name) {
 // diffusers' repeat + view does.
 at::Tensor repeat_rows(const at::Tensor& t, int64_t times) {
   return times == 1 ? t : t.repeat_interleave(times, 0);
+}
+
+// Model CPU offload: a component is on its GPU only while this lives (no-op without a device).
+class OnDeviceWhileRunning {
+ public:
+  OnDeviceWhileRunning(torch::nn::Module& model, std::optional<c10::Device> device)
+      : model_(device ? &model : nullptr) {
+    if (model_) model_->to(*device);
+  }
+  ~OnDeviceWhileRunning() {
+    if (model_) model_->to(c10::kCPU);
+  }
+  OnDeviceWhileRunning(const OnDeviceWhileRunning&) = delete;
+  OnDeviceWhileRunning& operator=(const OnDeviceWhileRunning&) = delete;
+
+ private:
+  torch::nn::Module* model_;
+};
+
+// The model components, in the order the pipeline runs them.
+const std::vector<std::string>& model_component_names() {
+  static const std::vector<std::string> names = {"text_encoder", "text_encoder_2", "transformer", "vae"};
+  return names;
 }
 
 }  // namespace
@@ -96,20 +124,43 @@ FluxPipeline FluxPipeline::from_pretrained(const std::filesystem::path& folder, 
   pipe.vae_scale_factor_ = pipe.vae_config_.vae_scale_factor();
   pipe.num_channels_latents_ = pipe.transformer_config_.in_channels / 4;
 
-  const c10::Device device = pipe.device_;
   const c10::ScalarType dtype = pipe.dtype_;
+  if (!options.device_map.empty()) {
+    if (options.device_map != "balanced")
+      throw Error("FluxPipeline: device_map '" + options.device_map +
+                  "' is not supported for a pipeline (supported: \"balanced\"); to spread one model over devices, "
+                  "load it with its own device_map (\"auto\", ...) and pass it in `components`");
+    // diffusers' balanced map: whole components, sized from their headers (no weight is read).
+    std::vector<PlacementUnit> sizes;
+    for (const std::string& name : model_component_names()) {
+      if (!wanted(name) || pipe.has(name)) continue;
+      std::vector<std::string> keep_in_float32;
+      if (name == "text_encoder_2" && dtype == c10::kHalf) keep_in_float32 = {"wo"};
+      const Checkpoint checkpoint = Checkpoint::open(subfolder(name));
+      sizes.push_back({name, checkpoint_bytes(checkpoint, dtype, keep_in_float32,
+                                              {{"encoder.embed_tokens.weight", "shared.weight"}})});
+    }
+    const DevicePlan plan = plan_pipeline_balanced(sizes, get_max_memory(options.max_memory));
+    for (const auto& note : plan.notes) DIFFUSE_LOG_INFO("device_map balanced: {}", note);
+    pipe.device_map_ = plan.map;
+    DIFFUSE_LOG_INFO("device_map balanced: {}", pipe.device_map_.to_json());
+  }
+  // Each component's device: its place in the device map, else the pipeline's device.
+  auto device_for = [&](const std::string& name) {
+    return pipe.device_map_.contains(name) ? c10::Device(pipe.device_map_.at(name)) : pipe.device_;
+  };
   if (!c.scheduler && wanted("scheduler"))
     c.scheduler = FlowMatchEulerDiscreteScheduler::from_pretrained(subfolder("scheduler"));
   if (!c.tokenizer && wanted("tokenizer")) c.tokenizer = ClipTokenizer::from_pretrained(subfolder("tokenizer"));
   if (!c.tokenizer_2 && wanted("tokenizer_2"))
     c.tokenizer_2 = T5Tokenizer::from_pretrained(subfolder("tokenizer_2"));
   if (c.text_encoder.is_empty() && wanted("text_encoder"))
-    c.text_encoder = load_clip_text_model(subfolder("text_encoder"), dtype, device);
+    c.text_encoder = load_clip_text_model(subfolder("text_encoder"), dtype, device_for("text_encoder"));
   if (c.text_encoder_2.is_empty() && wanted("text_encoder_2"))
-    c.text_encoder_2 = load_t5_encoder(subfolder("text_encoder_2"), dtype, device);
+    c.text_encoder_2 = load_t5_encoder(subfolder("text_encoder_2"), dtype, device_for("text_encoder_2"));
   if (c.transformer.is_empty() && wanted("transformer"))
-    c.transformer = load_flux_transformer(subfolder("transformer"), dtype, device);
-  if (c.vae.is_empty() && wanted("vae")) c.vae = load_autoencoder_kl(subfolder("vae"), dtype, device);
+    c.transformer = load_flux_transformer(subfolder("transformer"), dtype, device_for("transformer"));
+  if (c.vae.is_empty() && wanted("vae")) c.vae = load_autoencoder_kl(subfolder("vae"), dtype, device_for("vae"));
   if (!c.transformer.is_empty()) pipe.transformer_config_ = c.transformer->config();
   if (!c.vae.is_empty()) pipe.vae_config_ = c.vae->config();
   return pipe;
@@ -139,13 +190,100 @@ void FluxPipeline::release(const std::string& component) {
   if (component == "vae") c.vae = AutoencoderKL(nullptr);
 }
 
-void FluxPipeline::to(const std::string& device) {
-  device_ = c10::Device(device);
+std::vector<std::pair<std::string, torch::nn::Module*>> FluxPipeline::models() {
   FluxComponents& c = components_;
-  if (!c.text_encoder.is_empty()) c.text_encoder->to(device_);
-  if (!c.text_encoder_2.is_empty()) c.text_encoder_2->to(device_);
-  if (!c.transformer.is_empty()) c.transformer->to(device_);
-  if (!c.vae.is_empty()) c.vae->to(device_);
+  std::vector<std::pair<std::string, torch::nn::Module*>> out;
+  if (!c.text_encoder.is_empty()) out.emplace_back("text_encoder", c.text_encoder.get());
+  if (!c.text_encoder_2.is_empty()) out.emplace_back("text_encoder_2", c.text_encoder_2.get());
+  if (!c.transformer.is_empty()) out.emplace_back("transformer", c.transformer.get());
+  if (!c.vae.is_empty()) out.emplace_back("vae", c.vae.get());
+  return out;
+}
+
+void FluxPipeline::to(const std::string& device) {
+  // As diffusers: moving a placed pipeline would undo its placement behind the user's back.
+  if (!device_map_.empty())
+    throw Error("FluxPipeline: the pipeline is placed by device_map \"balanced\" " + device_map_.to_json() +
+                "; call reset_device_map() before moving it with to(\"" + device + "\")");
+  if (offload_ != Offload::None)
+    throw Error(std::string("FluxPipeline: ") + (offload_ == Offload::Model ? "model" : "sequential") +
+                " CPU offload is enabled; call remove_all_hooks() before moving the pipeline with to(\"" + device + "\")");
+  for (const auto& [name, model] : models())
+    if (const ModuleHooks* hooks = hooks_of(*model))
+      throw Error("FluxPipeline: component '" + name + "' is placed by its own device map " +
+                  hooks->device_map().to_json() + "; call remove_all_hooks() before moving the pipeline with to(\"" +
+                  device + "\")");
+  device_ = c10::Device(device);
+  for (const auto& [name, model] : models()) model->to(device_);
+}
+
+void FluxPipeline::reset_device_map() {
+  if (device_map_.empty()) return;
+  // diffusers' reset_device_map: every component back on the CPU, then the pipeline is free to move.
+  for (const auto& [name, model] : models()) model->to(c10::kCPU);
+  device_ = c10::kCPU;
+  device_map_ = DeviceMap();
+}
+
+std::optional<c10::Device> FluxPipeline::model_offload_device() const {
+  return offload_ == Offload::Model ? std::optional<c10::Device>(offload_device_) : std::nullopt;
+}
+
+c10::Device FluxPipeline::execution_device(const std::string& component) {
+  if (offload_ == Offload::Model) return offload_device_;
+  if (component == "text_encoder") return diffuse::execution_device(*text_encoder());
+  if (component == "text_encoder_2") return diffuse::execution_device(*text_encoder_2());
+  if (component == "transformer") return diffuse::execution_device(*transformer());
+  if (component == "vae") return diffuse::execution_device(*vae());
+  throw Error("FluxPipeline has no model component '" + component + "'");
+}
+
+namespace {
+c10::Device offload_target(const std::string& requested, c10::Device pipeline_device) {
+  if (!requested.empty()) return c10::Device(requested);
+  if (pipeline_device.is_cuda()) return pipeline_device;
+  return gpu_count() > 0 ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+}
+}  // namespace
+
+void FluxPipeline::remove_all_hooks() {
+  for (const auto& [name, model] : models()) remove_hooks(*model);
+  offload_ = Offload::None;
+}
+
+void FluxPipeline::enable_model_cpu_offload(const std::string& device) {
+  const char* what = "enable_model_cpu_offload";
+  if (!device_map_.empty())
+    throw Error(std::string("FluxPipeline: ") + what + " is not allowed on a pipeline placed by device_map " +
+                device_map_.to_json() + "; call reset_device_map() first");
+  for (const auto& [name, model] : models())
+    if (const ModuleHooks* hooks = hooks_of(*model); hooks && hooks->origin() == "device_map")
+      throw Error(std::string("FluxPipeline: ") + what + ": component '" + name + "' is placed by its own device map " +
+                  hooks->device_map().to_json() + "; call remove_all_hooks() first");
+  remove_all_hooks();
+  offload_device_ = offload_target(device, device_);
+  for (const auto& [name, model] : models()) model->to(c10::kCPU);
+  offload_ = Offload::Model;
+}
+
+void FluxPipeline::enable_sequential_cpu_offload(const std::string& device) {
+  const char* what = "enable_sequential_cpu_offload";
+  if (!device_map_.empty())
+    throw Error(std::string("FluxPipeline: ") + what + " is not allowed on a pipeline placed by device_map " +
+                device_map_.to_json() + "; call reset_device_map() first");
+  for (const auto& [name, model] : models())
+    if (const ModuleHooks* hooks = hooks_of(*model); hooks && hooks->origin() == "device_map")
+      throw Error(std::string("FluxPipeline: ") + what + ": component '" + name + "' is placed by its own device map " +
+                  hooks->device_map().to_json() + "; call remove_all_hooks() first");
+  remove_all_hooks();
+  offload_device_ = offload_target(device, device_);
+  // Every unit "on the CPU", run on the GPU: weights come in block by block.
+  for (const auto& [name, model] : models()) {
+    model->to(c10::kCPU);
+    dispatch_model(*model, DeviceMap{{"", "cpu"}},
+                   {.execution_device = offload_device_, .origin = "sequential_offload"});
+  }
+  offload_ = Offload::Sequential;
 }
 
 namespace {
@@ -188,12 +326,19 @@ PromptEmbeddings FluxPipeline::encode_prompt(const EncodeRequest& request) {
   T5EncoderModel& t5 = text_encoder_2();
 
   at::NoGradGuard no_grad;
-  const c10::Device clip_device = clip->parameters().front().device();
-  const c10::Device t5_device = t5->parameters().front().device();
-  at::Tensor clip_ids = tokenizer.encode_batch(prompts, tokenizer.model_max_length).to(clip_device);
-  at::Tensor pooled = clip->forward(clip_ids).pooler_output;
-  at::Tensor t5_ids = tokenizer_2.encode_batch(prompts_2, request.max_sequence_length).to(t5_device);
-  at::Tensor sequence = t5->forward(t5_ids);
+  const c10::Device clip_device = execution_device("text_encoder");
+  const c10::Device t5_device = execution_device("text_encoder_2");
+  at::Tensor pooled, sequence;
+  {
+    const OnDeviceWhileRunning running(*clip, model_offload_device());
+    at::Tensor clip_ids = tokenizer.encode_batch(prompts, tokenizer.model_max_length).to(clip_device);
+    pooled = clip->forward(clip_ids).pooler_output;
+  }
+  {
+    const OnDeviceWhileRunning running(*t5, model_offload_device());
+    at::Tensor t5_ids = tokenizer_2.encode_batch(prompts_2, request.max_sequence_length).to(t5_device);
+    sequence = t5->forward(t5_ids);
+  }
 
   PromptEmbeddings out;
   out.pooled_prompt_embeds = repeat_rows(pooled.to(dtype_), request.num_images_per_prompt);
@@ -205,7 +350,7 @@ PromptEmbeddings FluxPipeline::encode_prompt(const EncodeRequest& request) {
 at::Tensor FluxPipeline::draw_latents(const GenerateRequest& request, int64_t batch, int64_t height, int64_t width) {
   const int64_t channels = num_channels_latents_ * 4;
   const int64_t sequence = (height / vae_scale_factor_ / 2) * (width / vae_scale_factor_ / 2);
-  const c10::Device device = has("transformer") ? transformer()->parameters().front().device() : device_;
+  const c10::Device device = has("transformer") ? execution_device("transformer") : device_;
   if (request.latents.defined()) {
     const auto& l = request.latents;
     if (l.dim() != 3 || l.size(0) != batch || l.size(1) != sequence || l.size(2) != channels)
@@ -246,12 +391,14 @@ at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmb
   const bool show_progress = request.progress.value_or(isatty(STDERR_FILENO) == 1);
   ProgressBar progress(num_steps, show_progress);
   at::NoGradGuard no_grad;
+  const OnDeviceWhileRunning running(*model, model_offload_device());
   for (int64_t i = 0; i < num_steps; ++i) {
     const at::Tensor t = timesteps[i];
     inputs.hidden_states = latents;
     // diffusers: t.expand(batch).to(latents.dtype), divided by 1000 in that dtype.
     inputs.timestep = t.expand({batch}).to(device, latents.scalar_type()) / 1000;
-    at::Tensor noise_pred = model->forward(inputs);
+    // Under a device map the last block may run on another GPU than the latents live on.
+    at::Tensor noise_pred = model->forward(inputs).to(device);
     latents = steps.step(noise_pred, i, latents);
     progress.advance();
     if (request.callback &&
@@ -266,9 +413,11 @@ at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmb
 at::Tensor FluxPipeline::decode_latents(const at::Tensor& latents, int64_t height, int64_t width) {
   AutoencoderKL& decoder = vae();
   at::NoGradGuard no_grad;
-  const auto parameter = decoder->parameters().front();
+  const c10::Device device = execution_device("vae");
+  const c10::ScalarType dtype = decoder->parameters().front().scalar_type();
+  const OnDeviceWhileRunning running(*decoder, model_offload_device());
   at::Tensor unpacked = unpack_latents(latents, height, width, vae_scale_factor_);
-  at::Tensor scaled = unscale_latents(unpacked, decoder->config()).to(parameter.device(), parameter.scalar_type());
+  at::Tensor scaled = unscale_latents(unpacked, decoder->config()).to(device, dtype);
   at::Tensor decoded = decoder->decode(scaled);
   // VaeImageProcessor.postprocess: denormalize [-1, 1] -> [0, 1].
   return (decoded.to(at::kFloat) / 2 + 0.5).clamp(0, 1);

@@ -16,10 +16,14 @@
 #include "diffuse/io/configs.hpp"
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/vae_blocks.hpp"
+#include "diffuse/placement/module_hooks.hpp"
 
 namespace diffuse {
 
-class AutoencoderKLImpl : public torch::nn::Module {
+// Its units, for placement: encoder.conv_in, encoder.down_blocks.N, encoder.mid_block,
+// encoder.conv_norm_out, encoder.conv_out, decoder.conv_in, decoder.mid_block, decoder.up_blocks.N,
+// decoder.conv_norm_out, decoder.conv_out, and quant_conv / post_quant_conv when present.
+class AutoencoderKLImpl : public torch::nn::Module, public HookedModule {
  public:
   // Children: encoder, decoder, and quant_conv / post_quant_conv when the config asks for them
   // (SD has both; FLUX.1 has neither). Parameters are uninitialized until weights are loaded.

@@ -14,6 +14,7 @@
 
 #include "diffuse/io/configs.hpp"
 #include "diffuse/models/layers.hpp"
+#include "diffuse/placement/module_hooks.hpp"
 
 namespace diffuse {
 
@@ -61,7 +62,7 @@ class ClipEncoderLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(ClipEncoderLayer);
 
-class ClipEncoderImpl : public torch::nn::Module {
+class ClipEncoderImpl : public torch::nn::Module, public HookedModule {
  public:
   ClipEncoderImpl(const ClipTextConfig& config, const at::TensorOptions& options);
   at::Tensor forward(at::Tensor hidden_states);
@@ -69,7 +70,8 @@ class ClipEncoderImpl : public torch::nn::Module {
 };
 TORCH_MODULE(ClipEncoder);
 
-class ClipTextModelImpl : public torch::nn::Module {
+// Its units, for placement: embeddings, encoder.layers.N, final_layer_norm.
+class ClipTextModelImpl : public torch::nn::Module, public HookedModule {
  public:
   ClipTextModelImpl(const ClipTextConfig& config, const at::TensorOptions& options);
   // input_ids: [batch, tokens] integer ids, tokens <= max_position_embeddings.

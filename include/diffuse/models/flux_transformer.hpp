@@ -18,6 +18,7 @@
 #include "diffuse/models/flux_blocks.hpp"
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/normalization.hpp"
+#include "diffuse/placement/module_hooks.hpp"
 
 namespace diffuse {
 
@@ -33,7 +34,9 @@ struct FluxTransformerInputs {
   at::Tensor guidance;               // [batch] guidance scale, exactly when config.guidance_embeds; else undefined
 };
 
-class FluxTransformer2DModelImpl : public torch::nn::Module {
+// Its units, for placement: time_text_embed, context_embedder, x_embedder, transformer_blocks.N,
+// single_transformer_blocks.N, norm_out, proj_out.
+class FluxTransformer2DModelImpl : public torch::nn::Module, public HookedModule {
  public:
   // Parameters are allocated uninitialized with `options`: load weights next (load_weights), or fill
   // them with init_random_parameters for a model without a checkpoint.

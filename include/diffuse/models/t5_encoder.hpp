@@ -23,6 +23,7 @@
 
 #include "diffuse/io/configs.hpp"
 #include "diffuse/models/layers.hpp"
+#include "diffuse/placement/module_hooks.hpp"
 
 namespace diffuse {
 
@@ -84,7 +85,7 @@ class T5BlockImpl : public torch::nn::Module {
 TORCH_MODULE(T5Block);
 
 // transformers' T5Stack, encoder only (the embedding is the model's `shared`, not registered here).
-class T5StackImpl : public torch::nn::Module {
+class T5StackImpl : public torch::nn::Module, public HookedModule {
  public:
   T5StackImpl(const T5Config& config, const at::TensorOptions& options);
   at::Tensor forward(at::Tensor inputs_embeds);
@@ -93,7 +94,8 @@ class T5StackImpl : public torch::nn::Module {
 };
 TORCH_MODULE(T5Stack);
 
-class T5EncoderModelImpl : public torch::nn::Module {
+// Its units, for placement: shared, encoder.block.N, encoder.final_layer_norm.
+class T5EncoderModelImpl : public torch::nn::Module, public HookedModule {
  public:
   T5EncoderModelImpl(const T5Config& config, const at::TensorOptions& options);
   // input_ids: [batch, tokens] -> last_hidden_state [batch, tokens, d_model]. No attention mask: the

@@ -15,6 +15,7 @@
 
 #include "diffuse/io/configs.hpp"
 #include "diffuse/models/layers.hpp"
+#include "diffuse/placement/module_hooks.hpp"
 
 namespace diffuse::vae {
 
@@ -118,7 +119,7 @@ TORCH_MODULE(UpDecoderBlock2D);
 
 // diffusers' Encoder (double_z=True): conv_in, down_blocks (each but the last halves H and W),
 // mid_block, conv_norm_out, SiLU, conv_out to 2 * latent_channels (mean and log-variance).
-class EncoderImpl : public torch::nn::Module {
+class EncoderImpl : public torch::nn::Module, public HookedModule {
  public:
   EncoderImpl(const AutoencoderKLConfig& config, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& images);
@@ -133,7 +134,7 @@ TORCH_MODULE(Encoder);
 
 // diffusers' Decoder (norm_type "group"): conv_in, mid_block, up_blocks over the reversed channels
 // (layers_per_block + 1 resnets each; each but the last doubles H and W), conv_norm_out, SiLU, conv_out.
-class DecoderImpl : public torch::nn::Module {
+class DecoderImpl : public torch::nn::Module, public HookedModule {
  public:
   DecoderImpl(const AutoencoderKLConfig& config, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& latents);

@@ -4,6 +4,9 @@
 // Each stage is also callable alone (encode_prompt, generate with embeddings and output_type Latent,
 // decode_latents), so that big models can run in stages, each stage with only its own components
 // loaded (see examples/model_sharding.cpp).
+// Placement, as diffusers: device_map = "balanced" spreads whole components over GPUs within max_memory;
+// enable_model_cpu_offload / enable_sequential_cpu_offload keep weights on the CPU until they run
+// (docs/device_map.md).
 
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
@@ -19,6 +22,9 @@
 #include "diffuse/models/flux_transformer.hpp"
 #include "diffuse/models/t5_encoder.hpp"
 #include "diffuse/pipelines/generate_request.hpp"
+#include "diffuse/placement/device_map.hpp"
+#include "diffuse/placement/load_model.hpp"
+#include "diffuse/placement/memory_size.hpp"
 #include "diffuse/schedulers/flow_match_euler_discrete.hpp"
 #include "diffuse/tokenizers/clip_tokenizer.hpp"
 #include "diffuse/tokenizers/t5_tokenizer.hpp"
@@ -44,6 +50,12 @@ struct FluxPipelineOptions {
   std::vector<std::string> skip;
   // Components already loaded; they are used as they are, and not read from the folder.
   FluxComponents components;
+  // "" or "balanced": each component that is loaded goes whole to one GPU of max_memory, sized from
+  // its safetensors headers, largest first and dealt so the load is even; a GPU absent from max_memory
+  // gets nothing, and what fits on no GPU goes to the CPU (logged). `device` is not used then.
+  std::string device_map;
+  // Budgets, e.g. {{"cuda:0", "16GB"}, {"cuda:1", "16GB"}}; empty: what the GPUs have available.
+  MaxMemory max_memory;
 };
 
 class FluxPipeline {
@@ -63,8 +75,28 @@ class FluxPipeline {
   // Drops a component (by model_index name) and frees its memory.
   void release(const std::string& component);
   bool has(const std::string& component) const;
-  // Moves every loaded model to `device`.
+  // Moves every loaded model to `device`. A pipeline placed by a device_map must be reset first, and
+  // offloading or a component's own device map removed first (remove_all_hooks); else diffuse::Error.
   void to(const std::string& device);
+
+  // ---- placement ---------------------------------------------------------------------------------
+  // Component -> device as device_map="balanced" placed them (diffusers' hf_device_map); empty when
+  // the pipeline was not placed so. Prints as JSON (to_json, operator<<).
+  const DeviceMap& device_map() const { return device_map_; }
+  // Undoes device_map: every component moves to the CPU and the map is cleared.
+  void reset_device_map();
+  // Each model component moves to `device` (default: the pipeline's GPU, else cuda:0, else the CPU)
+  // when it runs and back to the CPU after, so one is on the GPU at a time.
+  void enable_model_cpu_offload(const std::string& device = "");
+  // Every model stays on the CPU, block by block moved to `device` when the block runs and released
+  // after (pinned memory on CUDA): the least GPU memory, the slowest.
+  void enable_sequential_cpu_offload(const std::string& device = "");
+  // Ends either offload, and takes off hooks a component has from its own device map; weights stay
+  // where they are (on the CPU after offloading).
+  void remove_all_hooks();
+  // Where a component's inputs go: its GPU under model offload, its hooks' execution device, or where
+  // its weights are.
+  c10::Device execution_device(const std::string& component);
 
   FluxComponents& components() { return components_; }
   FlowMatchEulerDiscreteScheduler& scheduler();
@@ -87,6 +119,11 @@ class FluxPipeline {
   at::Tensor denoise(const GenerateRequest& request, const PromptEmbeddings& embeddings, at::Tensor latents,
                      int64_t height, int64_t width, bool& interrupted);
 
+  enum class Offload { None, Model, Sequential };
+  // The loaded model components by name, for placement.
+  std::vector<std::pair<std::string, torch::nn::Module*>> models();
+  std::optional<c10::Device> model_offload_device() const;
+
   std::filesystem::path folder_;
   c10::ScalarType dtype_ = c10::kFloat;
   c10::Device device_ = c10::kCPU;
@@ -95,6 +132,9 @@ class FluxPipeline {
   FluxTransformerConfig transformer_config_;
   int64_t vae_scale_factor_ = 8;
   int64_t num_channels_latents_ = 16;
+  DeviceMap device_map_;
+  Offload offload_ = Offload::None;
+  c10::Device offload_device_ = c10::kCPU;
 };
 
 }  // namespace diffuse

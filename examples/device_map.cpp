@@ -1,0 +1,309 @@
+// device_map: every placement feature of diffuse on one pipeline folder, with each map printed.
+//   1. Plans from safetensors headers and configs alone (nothing loaded): the pipeline's "balanced"
+//      map, the transformer's "auto", "balanced_low_0" and "sequential" maps within --max-memory, and
+//      the error an impossible budget gives.
+//   2. The flow of diffusers' distributed-inference guide: the text encoders "balanced" over the GPUs,
+//      the transformer "auto" over them, the VAE on one; the peak memory of every GPU in each stage.
+//   3. The same call on one device, compared with 2.
+//   4. enable_model_cpu_offload and enable_sequential_cpu_offload on that pipeline, compared with 3.
+//
+//   device_map --model DIR [--max-memory cuda:0=16GB,cuda:1=16GB] [--dtype bfloat16] [--height 512]
+//              [--width 512] [--steps 4] [--seed 0] [--prompt TEXT] [--activation-memory auto|SIZE]
+//              [--tolerance X] [--skip-offload]
+//
+// Without a GPU the defaults are cpu=1MB,disk=1GB and no room kept for activations, so that a small
+// pipeline's transformer (the tiny-flux fixture) is split between CPU memory and disk. Exits 1 when an output differs from the one-device run by more than
+// --tolerance, or a GPU's peak memory exceeds its budget.
+
+#include <chrono>
+#include <cstdlib>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+#include <string>
+
+#include "diffuse/diffuse.hpp"
+#include "diffuse/placement/device_memory.hpp"
+#include "diffuse/placement/model_units.hpp"
+#include "diffuse/placement/planner.hpp"
+
+using namespace diffuse;
+
+namespace {
+
+[[noreturn]] void fail(const std::string& message) {
+  std::cerr << "device_map: " << message << "\n";
+  std::exit(2);
+}
+
+// "cuda:0=16GB,cuda:1=16GB" -> {{"cuda:0", "16GB"}, {"cuda:1", "16GB"}}
+MaxMemory parse_budgets(const std::string& text) {
+  MaxMemory out;
+  std::stringstream items(text);
+  std::string item;
+  while (std::getline(items, item, ',')) {
+    const auto equals = item.find('=');
+    if (equals == std::string::npos) fail("--max-memory wants DEVICE=SIZE[,DEVICE=SIZE...], got '" + item + "'");
+    out[item.substr(0, equals)] = item.substr(equals + 1);
+  }
+  return out;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double relative_error(const at::Tensor& actual, const at::Tensor& expected) {
+  const at::Tensor a = actual.detach().to(at::kCPU, at::kDouble), b = expected.detach().to(at::kCPU, at::kDouble);
+  const double scale = b.abs().max().item<double>();
+  return (a - b).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
+}
+
+// One line per device: how many units, how many bytes, from which unit to which.
+void print_plan(const std::string& title, const DevicePlan& plan) {
+  std::cout << "  " << title << "\n";
+  for (const auto& [device, bytes] : plan.bytes) {
+    const auto units = plan.map.units_on(device);
+    std::cout << "    " << std::left << std::setw(7) << device << std::right << std::setw(3) << units.size()
+              << " units " << std::setw(10) << format_bytes(bytes) << "  " << units.front()
+              << (units.size() > 1 ? " .. " + units.back() : "") << "\n";
+  }
+  for (const auto& note : plan.notes) std::cout << "    note: " << note << "\n";
+}
+
+struct PeakMemory {
+  std::vector<std::pair<std::string, uint64_t>> budgets;  // the GPUs of max_memory
+  std::map<std::string, uint64_t> worst;
+  bool over = false;
+
+  void reset() {
+    for (const auto& [device, budget] : budgets) reset_peak_memory(c10::Device(device));
+  }
+  // `budgeted`: the stage runs under max_memory (the device-mapped flow), so its peaks must fit it.
+  void print(const std::string& stage, bool budgeted) {
+    if (budgets.empty()) return;
+    std::cout << "    peak memory (" << stage << "):";
+    for (const auto& [device, budget] : budgets) {
+      const uint64_t peak = peak_memory_allocated(c10::Device(device));
+      if (budgeted) {
+        worst[device] = std::max(worst[device], peak);
+        over = over || peak > budget;
+      }
+      std::cout << "  " << device << " " << format_bytes(peak) << (budgeted && peak > budget ? " (OVER its budget)" : "");
+    }
+    std::cout << "\n";
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model, budgets_text, dtype_name = "float32", activation_memory;
+  std::string prompt = "a photo of a cat wearing a tiny wizard hat";
+  int64_t height = 512, width = 512, steps = 4;
+  uint64_t seed = 0;
+  double tolerance = -1;
+  bool skip_offload = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) fail(flag + " needs a value");
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") {
+      std::cout << "usage: device_map --model DIR [--max-memory DEVICE=SIZE,...] [--dtype float32|bfloat16|float16]\n"
+                   "       [--height N] [--width N] [--steps N] [--seed N] [--prompt TEXT]\n"
+                   "       [--activation-memory auto|SIZE] [--tolerance X] [--skip-offload]\n\n"
+                   "Shows diffuse's placement on a FLUX.1 pipeline folder: planned maps, the multi-GPU flow of\n"
+                   "diffusers' distributed-inference guide with its peak memory per GPU, the same call on one\n"
+                   "device, and model / sequential CPU offload, each compared with the one-device output.\n"
+                   "--max-memory defaults to 16GB per GPU, or cpu=1MB,disk=1GB without a GPU.\n"
+                   "--activation-memory (kept free per GPU) defaults to an estimate for 1024x1024, or 0 without a GPU.\n"
+                   "--tolerance defaults to 2e-2 in bfloat16/float16 and 1e-5 in float32.\n";
+      return 0;
+    } else if (flag == "--model") model = value();
+    else if (flag == "--max-memory") budgets_text = value();
+    else if (flag == "--dtype") dtype_name = value();
+    else if (flag == "--height") height = std::atoll(value().c_str());
+    else if (flag == "--width") width = std::atoll(value().c_str());
+    else if (flag == "--steps") steps = std::atoll(value().c_str());
+    else if (flag == "--seed") seed = std::strtoull(value().c_str(), nullptr, 10);
+    else if (flag == "--prompt") prompt = value();
+    else if (flag == "--tolerance") tolerance = std::atof(value().c_str());
+    else if (flag == "--activation-memory") activation_memory = value();
+    else if (flag == "--skip-offload") skip_offload = true;
+    else fail("unknown option '" + flag + "' (see --help)");
+  }
+  if (model.empty()) fail("--model is required (see --help)");
+
+  try {
+    const c10::ScalarType dtype = parse_dtype(dtype_name);
+    if (tolerance < 0) tolerance = dtype == at::kFloat ? 1e-5 : 2e-2;
+    MaxMemory max_memory;
+    if (!budgets_text.empty()) {
+      max_memory = parse_budgets(budgets_text);
+    } else if (gpu_count() > 0) {
+      for (int i = 0; i < gpu_count(); ++i) max_memory["cuda:" + std::to_string(i)] = "16GB";
+    } else {
+      max_memory = {{"cpu", "1MB"}, {"disk", "1GB"}};
+    }
+    if (activation_memory.empty()) activation_memory = gpu_count() > 0 ? "auto" : "0";
+    const MemoryBudget budget = parse_max_memory(max_memory);
+    PeakMemory peaks;
+    for (const auto& entry : budget)
+      if (is_gpu_device(entry.first)) peaks.budgets.push_back(entry);
+    const std::string one_device = peaks.budgets.empty() ? "cpu" : peaks.budgets.front().first;
+    const std::filesystem::path dir = model;
+    std::cout << "max_memory: ";
+    for (const auto& [device, bytes] : budget) std::cout << device << "=" << format_bytes(bytes) << " ";
+    std::cout << "(" << gpu_count() << " GPU(s) present), dtype " << dtype_name << "\n\n";
+
+    // ---- 1. plans, from headers and configs ------------------------------------------------------------
+    std::cout << "1. Plans (sizes from safetensors headers and configs; no weight is read)\n";
+    std::vector<PlacementUnit> components;
+    for (const char* name : {"text_encoder", "text_encoder_2", "transformer", "vae"}) {
+      std::vector<std::string> keep;
+      if (std::string(name) == "text_encoder_2" && dtype == at::kHalf) keep = {"wo"};
+      components.push_back({name, checkpoint_bytes(Checkpoint::open(dir / name), dtype, keep,
+                                                   {{"encoder.embed_tokens.weight", "shared.weight"}})});
+    }
+    const DevicePlan pipeline_plan = plan_pipeline_balanced(components, budget);
+    print_plan("pipeline, device_map \"balanced\": " + pipeline_plan.map.to_json(), pipeline_plan);
+    // The transformer built on the meta device: its units and their sizes, without memory.
+    FluxTransformer2DModel meta(FluxTransformerConfig::from_file(dir / "transformer" / "config.json"),
+                                at::TensorOptions().dtype(dtype).device(at::kMeta));
+    const std::vector<PlacementUnit> units = placement_units(model_units(*meta));
+    const uint64_t activations =
+        activation_memory == "auto" ? activation_estimate(*meta) : parse_memory_size(activation_memory);
+    std::cout << "  transformer: " << units.size() << " units; " << format_bytes(activations)
+              << " kept free per executing device for activations\n";
+    for (auto strategy : {PlacementStrategy::Auto, PlacementStrategy::BalancedLow0, PlacementStrategy::Sequential}) {
+      const std::string title = "transformer, device_map \"" + std::string(placement_strategy_name(strategy)) + "\"";
+      try {
+        print_plan(title, plan_model_placement(units, budget, {strategy, activations, "transformer"}));
+      } catch (const Error& e) {
+        std::cout << "  " << title << ": " << e.what() << "\n";
+      }
+    }
+    // An impossible budget: the same devices but "disk", holding half of the transformer between them.
+    MemoryBudget half;
+    for (const auto& [device, bytes] : budget)
+      if (device != "disk") half.emplace_back(device, 0);
+    uint64_t total = 0;
+    for (const auto& unit : units) total += unit.bytes;
+    for (auto& entry : half) entry.second = total / (2 * half.size());
+    try {
+      plan_model_placement(units, half, {PlacementStrategy::Auto, activations, "transformer"});
+    } catch (const Error& e) {
+      std::cout << "  an impossible budget (half of the transformer's size, no disk):\n    " << e.what() << "\n";
+    }
+
+    // ---- 2. the guide's flow ---------------------------------------------------------------------------
+    std::cout << "\n2. diffusers' distributed-inference flow\n";
+    const std::vector<std::string> text_parts = {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"};
+    PromptEmbeddings embeddings;
+    auto start = std::chrono::steady_clock::now();
+    peaks.reset();
+    {
+      auto encoders = FluxPipeline::from_pretrained(
+          dir, {.dtype = dtype, .skip = {"transformer", "vae"}, .device_map = "balanced", .max_memory = max_memory});
+      std::cout << "  text encoders, device_map \"balanced\": " << encoders.device_map() << "\n";
+      embeddings = encoders.encode_prompt({.prompt = prompt, .max_sequence_length = 512});
+    }  // the text encoders are freed here
+    std::cout << "    encoded in " << std::fixed << std::setprecision(2) << seconds_since(start) << " s (with loading)\n";
+    peaks.print("text encoders", true);
+
+    GenerateRequest request{.height = height, .width = width, .num_inference_steps = steps, .seed = seed,
+                            .output_type = OutputType::Latent, .progress = false};
+    at::Tensor latents;
+    start = std::chrono::steady_clock::now();
+    peaks.reset();
+    {
+      FluxTransformer2DModel transformer =
+          load_flux_transformer(dir / "transformer", {.dtype = dtype, .device_map = "auto", .max_memory = max_memory,
+                                                      .activation_memory = activation_memory});
+      std::cout << "  transformer, device_map \"auto\": " << transformer->device_map() << "\n";
+      FluxComponents given;
+      given.transformer = transformer;
+      std::vector<std::string> skip = text_parts;
+      skip.push_back("vae");
+      auto denoiser = FluxPipeline::from_pretrained(dir, {.dtype = dtype, .skip = skip, .components = given});
+      GenerateRequest staged = request;
+      staged.prompt_embeds = embeddings.prompt_embeds;
+      staged.pooled_prompt_embeds = embeddings.pooled_prompt_embeds;
+      latents = denoiser.generate(staged).latents;
+    }
+    std::cout << "    denoised in " << seconds_since(start) << " s (with loading)\n";
+    peaks.print("transformer", true);
+
+    at::Tensor image;
+    start = std::chrono::steady_clock::now();
+    peaks.reset();
+    {
+      std::vector<std::string> skip = text_parts;
+      skip.push_back("transformer");
+      auto decoder = FluxPipeline::from_pretrained(dir, {.dtype = dtype, .device = one_device, .skip = skip});
+      std::cout << "  vae on " << one_device << "\n";
+      image = decoder.decode_latents(latents, height, width).cpu();
+    }
+    std::cout << "    decoded in " << seconds_since(start) << " s (with loading)\n";
+    peaks.print("vae", true);
+    if (!peaks.budgets.empty()) {
+      std::cout << "  peak memory over the flow:";
+      for (const auto& [device, budget_bytes] : peaks.budgets)
+        std::cout << "  " << device << " " << format_bytes(peaks.worst[device]) << " of " << format_bytes(budget_bytes);
+      std::cout << (peaks.over ? "  OVER BUDGET\n" : "  (each under its budget)\n");
+    }
+
+    // ---- 3. the same call on one device ----------------------------------------------------------------
+    std::cout << "\n3. The same call with the whole pipeline on " << one_device << "\n";
+    bool ok = !peaks.over;
+    auto compare = [&](const std::string& what, const GenerateOutput& out, const GenerateOutput& reference) {
+      const double latents_error = relative_error(out.latents, reference.latents);
+      const double image_error = relative_error(out.image_tensor, reference.image_tensor);
+      const bool close = latents_error <= tolerance && image_error <= tolerance;
+      ok = ok && close;
+      std::cout << "    " << what << ": latents max|a-b|/max|b| = " << std::scientific << std::setprecision(3)
+                << latents_error << ", image " << image_error << (close ? " (within " : " (NOT within ")
+                << tolerance << ")\n" << std::fixed << std::setprecision(2);
+    };
+    auto single = FluxPipeline::from_pretrained(dir, {.dtype = dtype, .device = one_device});
+    GenerateRequest whole = request;
+    whole.prompt = prompt;
+    whole.output_type = OutputType::Tensor;
+    start = std::chrono::steady_clock::now();
+    peaks.reset();
+    const GenerateOutput reference = single.generate(whole);
+    std::cout << "    generated in " << seconds_since(start) << " s\n";
+    peaks.print("one device", false);
+    GenerateOutput staged_out;
+    staged_out.latents = latents;
+    staged_out.image_tensor = image;
+    compare("device-mapped flow vs one device", staged_out, reference);
+
+    // ---- 4. offloading ---------------------------------------------------------------------------------
+    if (!skip_offload) {
+      std::cout << "\n4. CPU offload on " << one_device << "\n";
+      single.enable_model_cpu_offload(one_device);
+      start = std::chrono::steady_clock::now();
+      peaks.reset();
+      compare("enable_model_cpu_offload", single.generate(whole), reference);
+      std::cout << "    generated in " << seconds_since(start) << " s\n";
+      peaks.print("model offload", false);
+      single.enable_sequential_cpu_offload(one_device);
+      std::cout << "  sequential offload, the transformer's map: " << single.transformer()->device_map().size()
+                << " units on \"cpu\", run on " << single.execution_device("transformer") << "\n";
+      start = std::chrono::steady_clock::now();
+      peaks.reset();
+      compare("enable_sequential_cpu_offload", single.generate(whole), reference);
+      std::cout << "    generated in " << seconds_since(start) << " s\n";
+      peaks.print("sequential offload", false);
+      single.remove_all_hooks();
+    }
+    std::cout << "\n" << (ok ? "all outputs match and every GPU stayed within its budget" : "FAILED") << "\n";
+    return ok ? 0 : 1;
+  } catch (const std::exception& e) {  // diffuse::Error, and libtorch's c10::Error
+    std::cerr << "device_map: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,130 @@
+#include "diffuse/placement/load_model.hpp"
+
+#include <set>
+
+#include "diffuse/error.hpp"
+#include "diffuse/io/checkpoint.hpp"
+#include "diffuse/models/weights.hpp"
+#include "diffuse/placement/device_memory.hpp"
+#include "diffuse/placement/dispatch.hpp"
+#include "diffuse/placement/model_units.hpp"
+#include "log.hpp"
+
+namespace diffuse {
+namespace {
+
+std::string shape_text(c10::IntArrayRef shape) { return c10::str(shape); }
+
+std::string join(const std::vector<std::string>& names, size_t limit = 20) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < limit; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > limit) out += ", ... (" + std::to_string(names.size() - limit) + " more)";
+  return out;
+}
+
+// load_weights with a device per unit: the same strict check of names and shapes first, then each
+// tensor read from the mmap straight to its unit's device. Units on "disk" are not read (their hooks
+// read them when they run).
+void load_placed_weights(torch::nn::Module& model, const Checkpoint& checkpoint, const DeviceMap& map,
+                         const WeightLoadOptions& options) {
+  std::vector<std::pair<std::string, at::Tensor>> targets;
+  for (auto& p : model.named_parameters()) targets.emplace_back(p.key(), p.value());
+  for (auto& b : model.named_buffers()) targets.emplace_back(b.key(), b.value());
+  std::vector<std::string> missing, mismatched, unexpected;
+  std::set<std::string> consumed;
+  for (const auto& [name, tensor] : targets) {
+    const TensorInfo* info = checkpoint.find(name);
+    if (info == nullptr) {
+      missing.push_back(name);
+      continue;
+    }
+    consumed.insert(name);
+    if (c10::IntArrayRef(info->shape) != tensor.sizes())
+      mismatched.push_back(name + " (checkpoint " + shape_text(info->shape) + ", model " + shape_text(tensor.sizes()) + ")");
+  }
+  for (const auto& info : checkpoint.tensors()) {
+    if (consumed.count(info.name)) continue;
+    auto alias = options.tied_aliases.find(info.name);
+    if (alias != options.tied_aliases.end() && consumed.count(alias->second)) continue;
+    unexpected.push_back(info.name);
+  }
+  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
+    std::string message = checkpoint.source().string() + ": weights do not match the model";
+    if (!missing.empty()) message += "; missing from the checkpoint: " + join(missing);
+    if (!unexpected.empty()) message += "; not in the model: " + join(unexpected);
+    if (!mismatched.empty()) message += "; shape mismatch: " + join(mismatched);
+    throw Error(message);
+  }
+  at::NoGradGuard no_grad;
+  for (auto& [name, tensor] : targets) {
+    const std::string& device = *map.device_of(name);
+    if (device == "disk") continue;
+    const c10::ScalarType stored = safetensors_scalar_type(checkpoint.info(name).dtype);
+    c10::ScalarType target = stored;
+    if (c10::isFloatingType(stored)) target = keeps_float32(name, options.keep_in_float32) ? c10::kFloat : options.dtype;
+    tensor.set_data(checkpoint.load(name, target, c10::Device(device == "cpu" ? "cpu" : device)));
+  }
+}
+
+std::string folder_name(const std::filesystem::path& folder) {
+  return folder.filename().empty() ? folder.parent_path().filename().string() : folder.filename().string();
+}
+
+template <typename Model, typename Config>
+Model load_with_device_map(const std::filesystem::path& folder, const ModelLoadOptions& options,
+                           WeightLoadOptions weights) {
+  weights.dtype = options.dtype;
+  weights.device = c10::Device(options.device);
+  const std::string* strategy = std::get_if<std::string>(&options.device_map);
+  if (strategy != nullptr && strategy->empty()) return load_pretrained<Model, Config>(folder, weights);
+
+  const std::string what = folder_name(folder);
+  const Config config = Config::from_file(folder / "config.json");
+  const Checkpoint checkpoint = Checkpoint::open(folder);
+  // Built on the CPU, uninitialized: the pages are never touched, each tensor is replaced by the
+  // checkpoint's on its own device, and units on "disk" get empty placeholders.
+  Model model(config, at::TensorOptions().dtype(options.dtype).device(c10::kCPU));
+  const std::vector<ModelUnit> units = model_units(*model, weights.keep_in_float32);
+  DeviceMap map;
+  if (strategy != nullptr) {
+    PlanOptions plan_options;
+    plan_options.strategy = parse_placement_strategy(*strategy);
+    plan_options.activation_bytes = options.activation_memory == "auto" ? activation_estimate(*model)
+                                                                        : parse_memory_size(options.activation_memory);
+    plan_options.model = what;
+    const DevicePlan plan = plan_model_placement(placement_units(units), get_max_memory(options.max_memory), plan_options);
+    for (const auto& note : plan.notes) DIFFUSE_LOG_INFO("{}", note);
+    map = plan.map;
+  } else {
+    map = resolve_device_map(std::get<DeviceMap>(options.device_map), units, what);
+  }
+  DIFFUSE_LOG_INFO("{}: device map {}", what, map.to_json());
+  load_placed_weights(*model, checkpoint, map, weights);
+  dispatch_model(*model, map, {.checkpoint = checkpoint});
+  model->eval();
+  return model;
+}
+
+}  // namespace
+
+FluxTransformer2DModel load_flux_transformer(const std::filesystem::path& folder, const ModelLoadOptions& options) {
+  return load_with_device_map<FluxTransformer2DModel, FluxTransformerConfig>(folder, options, {});
+}
+
+T5EncoderModel load_t5_encoder(const std::filesystem::path& folder, const ModelLoadOptions& options) {
+  // As load_t5_encoder(folder, dtype, device): the tied embedding alias, and `wo` in float32 under float16.
+  WeightLoadOptions weights;
+  weights.tied_aliases = {{"encoder.embed_tokens.weight", "shared.weight"}};
+  if (options.dtype == c10::kHalf) weights.keep_in_float32 = {"wo"};
+  return load_with_device_map<T5EncoderModel, T5Config>(folder, options, weights);
+}
+
+ClipTextModel load_clip_text_model(const std::filesystem::path& folder, const ModelLoadOptions& options) {
+  return load_with_device_map<ClipTextModel, ClipTextConfig>(folder, options, {});
+}
+
+AutoencoderKL load_autoencoder_kl(const std::filesystem::path& folder, const ModelLoadOptions& options) {
+  return load_with_device_map<AutoencoderKL, AutoencoderKLConfig>(folder, options, {});
+}
+
+}  // namespace diffuse
