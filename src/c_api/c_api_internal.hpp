@@ -1,0 +1,136 @@
+#pragma once
+// What the C API's sources share: the handles behind the opaque C types, the guard that turns every
+// exception into a status and a thread-local message, and versioned-struct copying. Internal header.
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "diffuse/c_api.h"
+#include "diffuse/io/configs.hpp"
+#include "diffuse/io/image.hpp"
+#include "diffuse/pipelines/flux_pipeline.hpp"
+#include "diffuse/version.hpp"
+
+struct diffuse_pipeline {
+  explicit diffuse_pipeline(diffuse::FluxPipeline loaded) : pipe(std::move(loaded)) {}
+  diffuse::FluxPipeline pipe;
+  // Read at creation, so that sizes are known when the transformer is skipped.
+  diffuse::FluxTransformerConfig transformer_config;
+  // Serializes calls on this pipeline (generate mutates the scheduler); `owner` is the thread inside,
+  // so that a call from one of its own callbacks is refused instead of deadlocking.
+  std::mutex mutex;
+  std::atomic<std::thread::id> owner{};
+};
+
+struct diffuse_result {
+  // CPU, float32, contiguous; undefined when the call did not make them.
+  at::Tensor latents;
+  at::Tensor image_tensor;
+  at::Tensor prompt_embeds;
+  at::Tensor pooled_prompt_embeds;
+  std::vector<diffuse::Image> images;
+  bool interrupted = false;
+  diffuse_times times{};
+};
+
+namespace diffuse::c_api {
+
+// An error the C layer itself raises, with the status it maps to.
+class CallError : public std::runtime_error {
+ public:
+  CallError(diffuse_status status, const std::string& message) : std::runtime_error(message), status(status) {}
+  diffuse_status status;
+};
+
+[[noreturn]] inline void fail(diffuse_status status, const std::string& message) { throw CallError(status, message); }
+[[noreturn]] inline void invalid(const std::string& message) { fail(DIFFUSE_ERROR_INVALID_ARGUMENT, message); }
+
+template <typename T>
+T& require(T* pointer, const char* name) {
+  if (pointer == nullptr) invalid(std::string(name) + " is NULL");
+  return *pointer;
+}
+
+// Records `message` as the calling thread's last error and returns `status`; never throws.
+diffuse_status record_error(diffuse_status status, const char* function, const char* message) noexcept;
+void clear_error() noexcept;
+
+// Runs `body` (which returns a diffuse_status) with every exception caught and turned into a status
+// and a message that starts with the C function's name.
+diffuse_status map_current_exception(const char* function) noexcept;
+template <typename Body>
+diffuse_status guarded(const char* function, Body&& body) noexcept {
+  try {
+    clear_error();
+    return body();
+  } catch (...) {
+    return map_current_exception(function);
+  }
+}
+
+// Holds a pipeline for one call: refuses re-entry from the same thread, then waits for other threads.
+class PipelineCall {
+ public:
+  explicit PipelineCall(diffuse_pipeline& pipeline);
+  ~PipelineCall();
+  PipelineCall(const PipelineCall&) = delete;
+  PipelineCall& operator=(const PipelineCall&) = delete;
+
+ private:
+  diffuse_pipeline& pipeline_;
+  std::unique_lock<std::mutex> lock_;
+};
+
+// The caller's versioned struct, copied over `defaults`: fields beyond the caller's struct_size keep
+// their defaults; bytes beyond ours (a newer header) must be zero. `v1_size` is the size of the
+// struct's first version, the smallest a caller can have.
+template <typename T>
+T read_versioned(const T* in, const T& defaults, size_t v1_size, const char* name) {
+  const T& given = require(in, name);
+  const size_t size = given.struct_size;
+  if (size == 0)
+    invalid(std::string(name) + "->struct_size is 0; set it to sizeof the struct (its _init function does)");
+  if (size < v1_size)
+    invalid(std::string(name) + "->struct_size " + std::to_string(size) + " is smaller than the struct's first version (" +
+            std::to_string(v1_size) + " bytes)");
+  const auto* bytes = reinterpret_cast<const unsigned char*>(in);
+  for (size_t i = sizeof(T); i < size; ++i)
+    if (bytes[i] != 0)
+      invalid(std::string(name) + " sets fields that this library version (" DIFFUSE_VERSION_STRING
+              ") does not know (struct_size " + std::to_string(size) + ", known " + std::to_string(sizeof(T)) + ")");
+  T out = defaults;
+  std::memcpy(static_cast<void*>(&out), in, std::min(size, sizeof(T)));
+  out.struct_size = sizeof(T);
+  return out;
+}
+
+// Writes `full` into the caller's versioned struct, as much of it as the caller's struct_size covers.
+template <typename T>
+void write_versioned(T* out, const T& full, size_t v1_size, const char* name) {
+  T& target = require(out, name);
+  const size_t size = target.struct_size;
+  if (size < v1_size)
+    invalid(std::string(name) + "->struct_size " + std::to_string(size) + " is smaller than the struct's first version (" +
+            std::to_string(v1_size) + " bytes); set it to sizeof the struct");
+  std::memcpy(static_cast<void*>(out), &full, std::min(size, sizeof(T)));
+  target.struct_size = size;
+}
+
+// The end of a struct's field: versioned structs' first-version sizes are written with it.
+#define DIFFUSE_END_OF(type, field) (offsetof(type, field) + sizeof(((type*)nullptr)->field))
+
+// A copy of `count` floats of the caller's, shaped.
+at::Tensor tensor_from(const float* data, at::IntArrayRef shape);
+// CPU, float32, contiguous (what results hold and buffers get).
+at::Tensor host_float(const at::Tensor& tensor);
+
+}  // namespace diffuse::c_api

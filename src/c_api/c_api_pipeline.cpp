@@ -1,0 +1,217 @@
+// Creating, inspecting and freeing pipelines through the C API.
+
+#include <c10/util/Exception.h>
+
+#include <concepts>
+#include <filesystem>
+#include <map>
+
+#include "c_api/c_api_internal.hpp"
+#include "diffuse/dtype.hpp"
+#include "diffuse/error.hpp"
+
+namespace diffuse::c_api {
+namespace {
+
+constexpr size_t kOptionsV1 = DIFFUSE_END_OF(diffuse_pipeline_options, ulysses_degree);
+constexpr size_t kInfoV1 = DIFFUSE_END_OF(diffuse_pipeline_info, device);
+
+diffuse_pipeline_options default_options() {
+  diffuse_pipeline_options options;
+  std::memset(&options, 0, sizeof options);
+  options.struct_size = sizeof options;
+  return options;
+}
+
+bool empty(const char* text) { return text == nullptr || *text == '\0'; }
+
+// "cuda:0=16GB,cuda:1=16GB,cpu=64GB" -> {{"cuda:0", "16GB"}, ...}.
+std::map<std::string, std::string> parse_max_memory(const std::string& text) {
+  std::map<std::string, std::string> budgets;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::string pair = text.substr(start, end - start);
+    const size_t equals = pair.find('=');
+    if (equals == std::string::npos || equals == 0 || equals + 1 == pair.size())
+      invalid("max_memory '" + text + "': '" + pair + "' is not DEVICE=SIZE (e.g. \"cuda:0=16GB,cpu=64GB\")");
+    if (!budgets.emplace(pair.substr(0, equals), pair.substr(equals + 1)).second)
+      invalid("max_memory '" + text + "' names " + pair.substr(0, equals) + " twice");
+    start = end + 1;
+  }
+  return budgets;
+}
+
+// Placement options are wired when FluxPipelineOptions has them (they are being added); until then a
+// value is refused rather than ignored.
+template <typename Options>
+void set_device_map(Options& options, const std::string& device_map) {
+  if constexpr (requires(Options o, std::string s) { o.device_map = s; })
+    options.device_map = device_map;
+  else
+    invalid("device_map '" + device_map + "' is not supported yet by this version of diffuse");
+}
+
+template <typename Options>
+void set_max_memory(Options& options, const std::map<std::string, std::string>& budgets, const std::string& text) {
+  if constexpr (requires(Options o, std::map<std::string, std::string> m) { o.max_memory = m; })
+    options.max_memory = budgets;
+  else
+    invalid("max_memory '" + text + "' is not supported yet by this version of diffuse");
+}
+
+void check_parallel_degree(int32_t degree, const char* name) {
+  if (degree < 0) invalid(std::string(name) + " must be 0 or more, got " + std::to_string(degree));
+  if (degree > 1)
+    invalid(std::string(name) + " " + std::to_string(degree) +
+            ": context parallelism is not supported yet by this version of diffuse (use 0 or 1)");
+}
+
+FluxPipelineOptions cpp_options(const diffuse_pipeline_options& o) {
+  FluxPipelineOptions options;
+  if (!empty(o.dtype)) {
+    try {
+      options.dtype = parse_dtype(o.dtype);
+    } catch (const Error& e) {
+      invalid(e.what());
+    }
+  }
+  if (!empty(o.device)) {
+    try {
+      (void)c10::Device(std::string(o.device));
+    } catch (const c10::Error&) {
+      invalid("unknown device '" + std::string(o.device) + "' (expected cpu, cuda or cuda:N)");
+    }
+    options.device = o.device;
+  }
+  if (o.skip_count > 0 && o.skip == nullptr) invalid("options->skip is NULL but skip_count is " + std::to_string(o.skip_count));
+  for (size_t i = 0; i < o.skip_count; ++i) {
+    if (o.skip[i] == nullptr) invalid("options->skip[" + std::to_string(i) + "] is NULL");
+    options.skip.emplace_back(o.skip[i]);
+  }
+  if (!empty(o.device_map)) set_device_map(options, o.device_map);
+  if (!empty(o.max_memory)) set_max_memory(options, parse_max_memory(o.max_memory), o.max_memory);
+  check_parallel_degree(o.ring_degree, "ring_degree");
+  check_parallel_degree(o.ulysses_degree, "ulysses_degree");
+  return options;
+}
+
+void copy_name(char* target, size_t capacity, const std::string& name) {
+  const size_t length = std::min(name.size(), capacity - 1);
+  std::memcpy(target, name.data(), length);
+  target[length] = '\0';
+}
+
+// Where the first loaded model's weights are ("cpu" when none is loaded).
+std::string loaded_device(FluxPipeline& pipe) {
+  auto device_of = [](const torch::nn::Module& module) { return module.parameters().front().device().str(); };
+  if (pipe.has("transformer")) return device_of(*pipe.transformer());
+  if (pipe.has("text_encoder_2")) return device_of(*pipe.text_encoder_2());
+  if (pipe.has("text_encoder")) return device_of(*pipe.text_encoder());
+  if (pipe.has("vae")) return device_of(*pipe.vae());
+  return "cpu";
+}
+
+}  // namespace
+
+PipelineCall::PipelineCall(diffuse_pipeline& pipeline) : pipeline_(pipeline) {
+  if (pipeline.owner.load() == std::this_thread::get_id())
+    invalid("called from inside a callback of a call that is running on the same pipeline; "
+            "callbacks must not call into their own pipeline");
+  lock_ = std::unique_lock<std::mutex>(pipeline.mutex);
+  pipeline.owner.store(std::this_thread::get_id());
+}
+
+PipelineCall::~PipelineCall() { pipeline_.owner.store(std::thread::id()); }
+
+}  // namespace diffuse::c_api
+
+using namespace diffuse::c_api;
+
+extern "C" {
+
+void diffuse_pipeline_options_init(diffuse_pipeline_options* options) {
+  if (options != nullptr) *options = default_options();
+}
+
+diffuse_status diffuse_pipeline_create(const char* folder, const diffuse_pipeline_options* options,
+                                       diffuse_pipeline** out) {
+  if (out != nullptr) *out = nullptr;
+  return guarded("diffuse_pipeline_create", [&] {
+    require(out, "out");
+    require(folder, "folder");
+    if (*folder == '\0') invalid("folder is empty");
+    const diffuse_pipeline_options o =
+        options == nullptr ? default_options() : read_versioned(options, default_options(), kOptionsV1, "options");
+    diffuse::FluxPipelineOptions cpp = cpp_options(o);
+
+    namespace fs = std::filesystem;
+    const fs::path path(folder);
+    if (!fs::is_directory(path)) fail(DIFFUSE_ERROR_NOT_FOUND, "'" + path.string() + "' is not a folder");
+    if (!fs::exists(path / "model_index.json"))
+      fail(DIFFUSE_ERROR_NOT_FOUND, "'" + path.string() + "' has no model_index.json (not a diffusers pipeline folder)");
+
+    auto pipeline = std::make_unique<diffuse_pipeline>(diffuse::FluxPipeline::from_pretrained(path, std::move(cpp)));
+    pipeline->transformer_config =
+        pipeline->pipe.has("transformer")
+            ? pipeline->pipe.transformer()->config()
+            : diffuse::FluxTransformerConfig::from_file(path / "transformer" / "config.json");
+    *out = pipeline.release();
+    return DIFFUSE_OK;
+  });
+}
+
+void diffuse_pipeline_free(diffuse_pipeline* pipeline) { delete pipeline; }
+
+diffuse_status diffuse_pipeline_get_info(diffuse_pipeline* pipeline, diffuse_pipeline_info* info) {
+  return guarded("diffuse_pipeline_get_info", [&] {
+    diffuse_pipeline& p = require(pipeline, "pipeline");
+    require(info, "info");
+    PipelineCall call(p);
+    diffuse_pipeline_info full;
+    std::memset(&full, 0, sizeof full);
+    full.struct_size = sizeof full;
+    full.vae_scale_factor = p.pipe.vae_scale_factor();
+    full.num_channels_latents = p.pipe.num_channels_latents();
+    full.joint_attention_dim = p.transformer_config.joint_attention_dim;
+    full.pooled_projection_dim = p.transformer_config.pooled_projection_dim;
+    full.default_height = diffuse::FluxPipeline::default_sample_size * p.pipe.vae_scale_factor();
+    full.default_width = full.default_height;
+    full.guidance_embeds = p.transformer_config.guidance_embeds ? 1 : 0;
+    copy_name(full.dtype, sizeof full.dtype, diffuse::dtype_name(p.pipe.dtype()));
+    copy_name(full.device, sizeof full.device, loaded_device(p.pipe));
+    write_versioned(info, full, kInfoV1, "info");
+    return DIFFUSE_OK;
+  });
+}
+
+diffuse_status diffuse_pipeline_has(diffuse_pipeline* pipeline, const char* component, int* loaded) {
+  return guarded("diffuse_pipeline_has", [&] {
+    diffuse_pipeline& p = require(pipeline, "pipeline");
+    require(component, "component");
+    int& result = require(loaded, "loaded");
+    PipelineCall call(p);
+    try {
+      result = p.pipe.has(component) ? 1 : 0;
+    } catch (const diffuse::Error& e) {
+      invalid(e.what());
+    }
+    return DIFFUSE_OK;
+  });
+}
+
+diffuse_status diffuse_pipeline_release(diffuse_pipeline* pipeline, const char* component) {
+  return guarded("diffuse_pipeline_release", [&] {
+    diffuse_pipeline& p = require(pipeline, "pipeline");
+    require(component, "component");
+    PipelineCall call(p);
+    try {
+      p.pipe.release(component);
+    } catch (const diffuse::Error& e) {
+      invalid(e.what());
+    }
+    return DIFFUSE_OK;
+  });
+}
+
+}  // extern "C"
