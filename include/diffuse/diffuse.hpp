@@ -1,6 +1,9 @@
 #pragma once
 // Everything public in diffuse, in one include.
 
+#include "diffuse/distributed/communicator.hpp"
+#include "diffuse/distributed/distributed.hpp"
+#include "diffuse/distributed/split.hpp"
 #include "diffuse/dtype.hpp"
 #include "diffuse/error.hpp"
 #include "diffuse/io/checkpoint.hpp"

@@ -1,0 +1,494 @@
+// The process group, communicators and data-parallel helpers, with real processes: each
+// multi-process test starts 2 or 4 ranks of tests/helper_distributed (torchrun's variables set, a
+// free port) on the CPU over Gloo, or with DIFFUSE_TEST_DEVICE=cuda on one GPU each over NCCL. Every
+// child runs under a deadline and is killed when the test ends, so that nothing hangs.
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "diffuse/distributed/distributed.hpp"
+#include "diffuse/error.hpp"
+#include "diffuse/io/image.hpp"
+#include "support/test_support.hpp"
+
+extern char** environ;
+
+using namespace diffuse;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// ---- starting processes --------------------------------------------------------------------------
+
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t length = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct Outcome {
+  int exit_code = -1;   // -N: killed by signal N
+  bool killed_at_deadline = false;
+  std::string output;   // stdout and stderr
+  double seconds = 0;   // from start to exit
+};
+
+// Children that are killed when the group goes out of scope, whatever happened.
+class ProcessGroup {
+ public:
+  ProcessGroup() : dir_(test::temporary_folder("distributed_" + std::to_string(counter_++))) {}
+  ~ProcessGroup() {
+    for (auto& [pid, index] : running_) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+
+  void start(const std::vector<std::string>& argv, const std::map<std::string, std::string>& extra_env) {
+    const size_t index = outcomes_.size();
+    outcomes_.emplace_back();
+    logs_.push_back(dir_ / ("process_" + std::to_string(index) + ".log"));
+    std::map<std::string, std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string entry = *e;
+      const size_t eq = entry.find('=');
+      env[entry.substr(0, eq)] = entry.substr(eq + 1);
+    }
+    for (const char* name : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"})
+      env.erase(name);
+    for (const auto& [key, value] : extra_env) env[key] = value;
+    std::vector<std::string> env_strings;
+    for (const auto& [key, value] : env) env_strings.push_back(key + "=" + value);
+    std::vector<char*> envp, args;
+    for (auto& s : env_strings) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    std::vector<std::string> argv_copy = argv;
+    for (auto& s : argv_copy) args.push_back(s.data());
+    args.push_back(nullptr);
+
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, logs_.back().c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    pid_t pid = 0;
+    const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), envp.data());
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) throw Error("cannot start " + argv[0] + ": " + std::strerror(rc));
+    running_[pid] = index;
+    starts_.push_back(Clock::now());
+  }
+
+  // Waits until every child has exited (or only child `until_exit_of`, when given) or `deadline`
+  // passed; then kills the rest.
+  std::vector<Outcome> wait(std::chrono::duration<double> deadline, int until_exit_of = -1) {
+    const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(deadline);
+    auto waiting = [&] {
+      if (until_exit_of < 0) return !running_.empty();
+      for (auto& [pid, index] : running_)
+        if (static_cast<int>(index) == until_exit_of) return true;
+      return false;
+    };
+    while (waiting()) {
+      int status = 0;
+      const pid_t pid = waitpid(-1, &status, WNOHANG);
+      if (pid > 0 && running_.count(pid)) {
+        finish(pid, status, false);
+        continue;
+      }
+      if (Clock::now() > until) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    for (auto it = running_.begin(); it != running_.end();) {
+      const pid_t child = it->first;
+      ++it;
+      kill(child, SIGKILL);
+      int s = 0;
+      waitpid(child, &s, 0);
+      finish(child, s, true);
+    }
+    for (size_t i = 0; i < outcomes_.size(); ++i) {
+      std::ifstream in(logs_[i]);
+      std::stringstream text;
+      text << in.rdbuf();
+      outcomes_[i].output = text.str();
+    }
+    return outcomes_;
+  }
+
+ private:
+  void finish(pid_t pid, int status, bool at_deadline) {
+    const size_t index = running_[pid];
+    running_.erase(pid);
+    Outcome& o = outcomes_[index];
+    o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    o.killed_at_deadline = at_deadline;
+    o.seconds = std::chrono::duration<double>(Clock::now() - starts_[index]).count();
+  }
+
+  static inline int counter_ = 0;
+  fs::path dir_;
+  std::vector<Outcome> outcomes_;
+  std::vector<fs::path> logs_;
+  std::vector<Clock::time_point> starts_;
+  std::map<pid_t, size_t> running_;
+};
+
+fs::path helper() { return fs::path(DIFFUSE_TEST_BINARY_DIR) / "helper_distributed"; }
+fs::path example(const std::string& name) { return fs::path(DIFFUSE_EXAMPLES_BINARY_DIR) / name; }
+
+bool on_cuda() {
+  const char* device = std::getenv("DIFFUSE_TEST_DEVICE");
+  return device != nullptr && std::string(device).rfind("cuda", 0) == 0;
+}
+
+// NCCL needs a GPU per rank.
+#define REQUIRE_RANKS(world)                                                                          \
+  do {                                                                                                \
+    if (on_cuda() && static_cast<int>(at::getNumGPUs()) < (world))                                    \
+      GTEST_SKIP() << (world) << " ranks need " << (world) << " GPUs, " << at::getNumGPUs() << " seen"; \
+  } while (0)
+
+// Starts `world` ranks of the helper (or only `which` of them), each with torchrun's variables.
+std::vector<Outcome> run_ranks(int world, const std::vector<std::string>& args, double timeout_seconds,
+                               double deadline_seconds, std::vector<int> which = {},
+                               ProcessGroup* group = nullptr) {
+  ProcessGroup own;
+  ProcessGroup& g = group ? *group : own;
+  const std::string port = std::to_string(free_port());
+  if (which.empty())
+    for (int r = 0; r < world; ++r) which.push_back(r);
+  for (int r : which) {
+    std::vector<std::string> argv = {helper().string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    g.start(argv, {{"RANK", std::to_string(r)}, {"WORLD_SIZE", std::to_string(world)},
+                   {"LOCAL_RANK", std::to_string(r)}, {"LOCAL_WORLD_SIZE", std::to_string(world)},
+                   {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port},
+                   {"DIFFUSE_DIST_TIMEOUT", std::to_string(timeout_seconds)}, {"OMP_NUM_THREADS", "1"}});
+  }
+  return g.wait(std::chrono::duration<double>(deadline_seconds));
+}
+
+std::string describe(const std::vector<Outcome>& outcomes) {
+  std::string out;
+  for (size_t i = 0; i < outcomes.size(); ++i)
+    out += "--- process " + std::to_string(i) + ": exit " + std::to_string(outcomes[i].exit_code) +
+           (outcomes[i].killed_at_deadline ? " (killed at the deadline)" : "") + " after " +
+           std::to_string(outcomes[i].seconds) + " s\n" + outcomes[i].output;
+  return out;
+}
+
+void expect_all_succeed(const std::vector<Outcome>& outcomes) {
+  for (const Outcome& o : outcomes) EXPECT_EQ(o.exit_code, 0) << describe(outcomes);
+  for (const Outcome& o : outcomes) {
+    const size_t line = o.output.find("ok ");
+    if (line != std::string::npos) std::printf("[ measured ] %s", o.output.substr(line, o.output.find('\n', line) - line + 1).c_str());
+  }
+}
+
+}  // namespace
+
+// ---- split_between_processes, in process --------------------------------------------------------
+
+TEST(SplitBetweenProcesses, MatchesAccelerateForManySizes) {
+  for (int64_t n = 0; n <= 40; ++n) {
+    for (int world = 1; world <= 9; ++world) {
+      // Accelerate: divmod(n, world); start = r * q + min(r, extra); end = start + q + (r < extra).
+      const int64_t q = n / world, extra = n % world;
+      std::vector<int64_t> concatenated;
+      for (int r = 0; r < world; ++r) {
+        const ProcessShare share = process_share(n, r, world);
+        ASSERT_EQ(share.begin, r * q + std::min<int64_t>(r, extra)) << n << " " << world << " " << r;
+        ASSERT_EQ(share.size(), q + (r < extra ? 1 : 0)) << n << " " << world << " " << r;
+        for (int64_t i : process_indices(n, r, world)) concatenated.push_back(i);
+        // Padding: every rank has ceil(n / world), the extra entries repeating the slice's last one.
+        const auto padded = process_indices(n, r, world, true);
+        ASSERT_EQ(static_cast<int64_t>(padded.size()), n == 0 ? 0 : q + (extra > 0 ? 1 : 0)) << n << " " << world;
+        for (size_t i = static_cast<size_t>(share.size()); i < padded.size(); ++i)
+          ASSERT_EQ(padded[i], share.size() > 0 ? share.end - 1 : n - 1);
+      }
+      // Contiguous, in order, everything exactly once.
+      ASSERT_EQ(static_cast<int64_t>(concatenated.size()), n);
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(concatenated[static_cast<size_t>(i)], i);
+    }
+  }
+}
+
+TEST(SplitBetweenProcesses, KnownExamples) {
+  const std::vector<std::string> items = {"a", "b", "c", "d", "e"};
+  EXPECT_EQ(split_between_processes(items, 0, 2), (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(split_between_processes(items, 1, 2), (std::vector<std::string>{"d", "e"}));
+  EXPECT_EQ(split_between_processes(items, 1, 2, true), (std::vector<std::string>{"d", "e", "e"}));
+  EXPECT_EQ(split_between_processes(items, 2, 3), (std::vector<std::string>{"e"}));
+  EXPECT_EQ(split_between_processes(items, 2, 3, true), (std::vector<std::string>{"e", "e"}));
+  // More ranks than items: the last ranks get nothing, or the last item when padding.
+  EXPECT_TRUE(split_between_processes(items, 6, 8).empty());
+  EXPECT_EQ(split_between_processes(items, 6, 8, true), (std::vector<std::string>{"e"}));
+  EXPECT_TRUE(split_between_processes(std::vector<int>{}, 0, 3, true).empty());
+}
+
+TEST(SplitBetweenProcesses, BadRankOrWorld) {
+  EXPECT_THROW(process_share(4, 2, 2), Error);
+  EXPECT_THROW(process_share(4, -1, 2), Error);
+  EXPECT_THROW(process_share(4, 0, 0), Error);
+  EXPECT_THROW(process_share(-1, 0, 1), Error);
+}
+
+// ---- a world of one, in process -----------------------------------------------------------------
+
+TEST(Distributed, WorldOfOneWithoutEnvironment) {
+  for (const char* name : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}) unsetenv(name);
+  Distributed dist = Distributed::init({.device = test::test_device().str(), .timeout = std::chrono::seconds(5)});
+  EXPECT_EQ(dist.rank(), 0);
+  EXPECT_EQ(dist.world_size(), 1);
+  EXPECT_TRUE(dist.is_main_process());
+  EXPECT_EQ(dist.device(), test::test_device());
+  dist.barrier();
+  const std::vector<std::string> prompts = {"a", "b", "c"};
+  EXPECT_EQ(dist.split_between_processes(prompts), prompts);
+  EXPECT_EQ(dist.gather_to_main(prompts), prompts);
+  Communicator& comm = dist.communicator();
+  EXPECT_EQ(comm.size(), 1);
+  const at::Tensor x = at::arange(6, at::TensorOptions().device(dist.device())).view({2, 3}).to(at::kFloat);
+  EXPECT_TRUE(comm.all_gather(x, 1).cpu().equal(x.cpu()));
+  EXPECT_TRUE(comm.all_to_all(x, 0, 1).cpu().equal(x.cpu()));
+  EXPECT_TRUE(dist.gather_to_main(x).cpu().equal(x.cpu()));
+  comm.barrier();
+}
+
+TEST(Distributed, BadEnvironmentIsAnError) {
+  struct Restore {
+    ~Restore() {
+      for (const char* name : {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}) unsetenv(name);
+    }
+  } restore;
+  setenv("RANK", "0", 1);
+  EXPECT_THROW(Distributed::init({.device = "cpu"}), Error);  // WORLD_SIZE missing
+  setenv("WORLD_SIZE", "2", 1);
+  EXPECT_THROW(Distributed::init({.device = "cpu"}), Error);  // MASTER_ADDR missing
+  setenv("RANK", "2", 1);
+  setenv("MASTER_ADDR", "127.0.0.1", 1);
+  setenv("MASTER_PORT", "1", 1);
+  try {
+    Distributed::init({.device = "cpu"});
+    FAIL() << "RANK outside the world accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("RANK=2"), std::string::npos) << e.what();
+  }
+  setenv("RANK", "zero", 1);
+  EXPECT_THROW(Distributed::init({.device = "cpu"}), Error);
+  setenv("RANK", "0", 1);
+  EXPECT_THROW(Distributed::init({.device = "cpu", .backend = "mpi"}), Error);
+}
+
+// ---- every collective, across processes --------------------------------------------------------
+
+TEST(MultiProcess, CollectivesTwoRanks) {
+  REQUIRE_RANKS(2);
+  expect_all_succeed(run_ranks(2, {"collectives"}, 30, 60));
+}
+
+TEST(MultiProcess, CollectivesFourRanks) {
+  REQUIRE_RANKS(4);
+  expect_all_succeed(run_ranks(4, {"collectives"}, 30, 90));
+}
+
+TEST(MultiProcess, SplitAndGatherTwoRanks) {
+  REQUIRE_RANKS(2);
+  expect_all_succeed(run_ranks(2, {"split_and_gather"}, 30, 60));
+}
+
+TEST(MultiProcess, SplitAndGatherFourRanks) {
+  REQUIRE_RANKS(4);
+  expect_all_succeed(run_ranks(4, {"split_and_gather"}, 30, 90));
+}
+
+// ---- failures: named, fast, never a hang -------------------------------------------------------
+
+namespace {
+
+// Every rank but `leaver` must fail with an error naming it, well before `within` seconds.
+void expect_others_name(const std::vector<Outcome>& outcomes, int leaver, double within, const std::string& words) {
+  for (size_t r = 0; r < outcomes.size(); ++r) {
+    if (static_cast<int>(r) == leaver) continue;
+    const Outcome& o = outcomes[r];
+    EXPECT_EQ(o.exit_code, 3) << describe(outcomes);
+    EXPECT_FALSE(o.killed_at_deadline) << describe(outcomes);
+    EXPECT_NE(o.output.find("rank " + std::to_string(leaver) + " " + words), std::string::npos) << describe(outcomes);
+    EXPECT_LT(o.seconds, within) << describe(outcomes);
+  }
+  const Outcome& first_other = outcomes[leaver == 0 ? 1 : 0];
+  const size_t at = first_other.output.find("error after");
+  if (at != std::string::npos)
+    std::printf("[ measured ] %s", first_other.output.substr(at, first_other.output.find('\n', at) - at + 1).c_str());
+}
+
+}  // namespace
+
+TEST(MultiProcess, RankThatReturnsEarlyIsNamedTwoRanks) {
+  REQUIRE_RANKS(2);
+  const auto outcomes = run_ranks(2, {"leave", "1", "return"}, 5, 30);
+  EXPECT_EQ(outcomes[1].exit_code, 0) << describe(outcomes);
+  expect_others_name(outcomes, 1, 15, "exited");
+}
+
+TEST(MultiProcess, RankThatIsKilledIsNamedFourRanks) {
+  REQUIRE_RANKS(4);
+  const auto outcomes = run_ranks(4, {"leave", "2", "kill"}, 5, 30);
+  EXPECT_EQ(outcomes[2].exit_code, -SIGKILL) << describe(outcomes);
+  expect_others_name(outcomes, 2, 15, "died");
+}
+
+TEST(MultiProcess, StoreHostThatIsKilledIsNamedTwoRanks) {
+  REQUIRE_RANKS(2);
+  const auto outcomes = run_ranks(2, {"leave", "0", "kill"}, 5, 30);
+  expect_others_name(outcomes, 0, 15, "is gone");
+}
+
+TEST(MultiProcess, RankThatReturnsEarlyIsNamedFourRanks) {
+  REQUIRE_RANKS(4);
+  const auto outcomes = run_ranks(4, {"leave", "3", "return"}, 5, 30);
+  EXPECT_EQ(outcomes[3].exit_code, 0) << describe(outcomes);
+  expect_others_name(outcomes, 3, 15, "exited");
+}
+
+TEST(MultiProcess, RankThatNeverReachesACollectiveIsNamedAfterTheTimeout) {
+  REQUIRE_RANKS(2);
+  // Rank 1 sleeps instead of calling the collective; it is killed once rank 0 has answered.
+  ProcessGroup group;
+  const std::string port = std::to_string(free_port());
+  for (int r = 0; r < 2; ++r)
+    group.start({helper().string(), "leave", "1", "hang"},
+                {{"RANK", std::to_string(r)}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", std::to_string(r)},
+                 {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}, {"DIFFUSE_DIST_TIMEOUT", "3"}});
+  const auto outcomes = group.wait(std::chrono::seconds(20), 0);
+  const Outcome& o = outcomes[0];
+  EXPECT_EQ(o.exit_code, 3) << describe(outcomes);
+  EXPECT_NE(o.output.find("rank 1 has not reached it"), std::string::npos) << describe(outcomes);
+  EXPECT_FALSE(o.killed_at_deadline) << describe(outcomes);
+  EXPECT_LT(o.seconds, 12) << describe(outcomes);  // the 3 s timeout (Gloo's, per step) and a diagnosis
+  EXPECT_TRUE(outcomes[1].killed_at_deadline);
+  const size_t at = o.output.find("error after");
+  if (at != std::string::npos) std::printf("[ measured ] %s", o.output.substr(at, o.output.find('\n', at) - at + 1).c_str());
+}
+
+TEST(MultiProcess, RankThatNeverArrivesAtInitIsNamed) {
+  // Only rank 0 of 2 starts: it hosts the store and names rank 1 after the timeout.
+  auto outcomes = run_ranks(2, {"init_only"}, 2, 20, {0});
+  ASSERT_EQ(outcomes.size(), 1u);
+  EXPECT_EQ(outcomes[0].exit_code, 3) << describe(outcomes);
+  EXPECT_NE(outcomes[0].output.find("rank 1 did not arrive within 2.0 s"), std::string::npos) << describe(outcomes);
+  EXPECT_LT(outcomes[0].seconds, 10) << describe(outcomes);
+  // Only rank 1 starts: nobody hosts the store, and rank 1 says whose store it could not reach.
+  outcomes = run_ranks(2, {"init_only"}, 2, 20, {1});
+  EXPECT_EQ(outcomes[0].exit_code, 3) << describe(outcomes);
+  EXPECT_NE(outcomes[0].output.find("could not reach the rendezvous store"), std::string::npos) << describe(outcomes);
+  EXPECT_NE(outcomes[0].output.find("hosted by rank 0"), std::string::npos) << describe(outcomes);
+  EXPECT_LT(outcomes[0].seconds, 10) << describe(outcomes);
+}
+
+// ---- the launcher ---------------------------------------------------------------------------------
+
+TEST(Launcher, StartsRanksAndPrefixesTheirOutput) {
+  REQUIRE_RANKS(2);
+  ProcessGroup group;
+  group.start({example("diffuse-launch").string(), "--nproc-per-node", "2", helper().string(), "collectives"},
+              {{"DIFFUSE_DIST_TIMEOUT", "30"}});
+  const auto outcomes = group.wait(std::chrono::seconds(60));
+  EXPECT_EQ(outcomes[0].exit_code, 0) << describe(outcomes);
+  EXPECT_NE(outcomes[0].output.find("[rank 0] ok "), std::string::npos) << describe(outcomes);
+  EXPECT_NE(outcomes[0].output.find("[rank 1] ok "), std::string::npos) << describe(outcomes);
+}
+
+TEST(Launcher, StopsEveryRankWhenOneFailsAndNamesIt) {
+  REQUIRE_RANKS(2);
+  ProcessGroup group;
+  // Rank 1 hangs forever; rank 0 fails after the timeout; the launcher must stop rank 1 and say so.
+  group.start({example("diffuse-launch").string(), "--nproc-per-node", "2", helper().string(), "leave", "1", "hang"},
+              {{"DIFFUSE_DIST_TIMEOUT", "2"}});
+  const auto outcomes = group.wait(std::chrono::seconds(30));
+  EXPECT_FALSE(outcomes[0].killed_at_deadline) << describe(outcomes);
+  EXPECT_EQ(outcomes[0].exit_code, 3) << describe(outcomes);
+  EXPECT_NE(outcomes[0].output.find("diffuse-launch: rank 0 exited with code 3"), std::string::npos) << describe(outcomes);
+  EXPECT_NE(outcomes[0].output.find("[rank 0] error after"), std::string::npos) << describe(outcomes);
+}
+
+TEST(Launcher, BadArgumentsAreExplained) {
+  ProcessGroup group;
+  group.start({example("diffuse-launch").string(), "--nproc-per-node", "zero", "true"}, {});
+  group.start({example("diffuse-launch").string(), "--nproc-per-node", "1", "/nonexistent/program"}, {});
+  const auto outcomes = group.wait(std::chrono::seconds(20));
+  EXPECT_EQ(outcomes[0].exit_code, 2) << describe(outcomes);
+  EXPECT_NE(outcomes[0].output.find("--nproc-per-node"), std::string::npos) << describe(outcomes);
+  EXPECT_NE(outcomes[1].exit_code, 0) << describe(outcomes);
+  EXPECT_NE(outcomes[1].output.find("/nonexistent/program"), std::string::npos) << describe(outcomes);
+}
+
+// ---- data parallel generation ---------------------------------------------------------------------
+
+TEST(DataParallel, TwoProcessesMakeTheImagesOfOne) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  REQUIRE_RANKS(2);
+  const fs::path dir = test::temporary_folder("data_parallel");
+  const std::vector<std::string> prompts = {"a photo of a dog", "a cat on a mat", "a red house by the sea"};
+  std::ofstream(dir / "prompts.txt") << prompts[0] << "\n" << prompts[1] << "\n\n" << prompts[2] << "\n";
+  const std::string device = on_cuda() ? "" : "cpu";
+  auto arguments = [&](const fs::path& out) {
+    std::vector<std::string> args = {example("data_parallel").string(), "--model", test::tiny_flux_pipeline().string(),
+                                     "--prompts-file", (dir / "prompts.txt").string(), "--height", "64", "--width", "96",
+                                     "--steps", "3", "--max-sequence-length", "32", "--seed", "7",
+                                     "--output-dir", out.string(), "--quiet"};
+    return args;
+  };
+  ProcessGroup group;
+  // Two processes through the launcher, one alone with no variables, and generate for the last prompt.
+  std::vector<std::string> two = {example("diffuse-launch").string(), "--nproc-per-node", "2"};
+  for (auto& a : arguments(dir / "two")) two.push_back(a);
+  group.start(two, {{"DIFFUSE_DIST_TIMEOUT", "60"}});
+  group.start(arguments(dir / "one"), {{"OMP_NUM_THREADS", "1"}});
+  group.start({example("generate").string(), "--model", test::tiny_flux_pipeline().string(), "--prompt", prompts[2],
+               "--height", "64", "--width", "96", "--steps", "3", "--max-sequence-length", "32", "--seed", "9",
+               "--output", (dir / "generate.png").string(), "--quiet", "--device", on_cuda() ? "cuda:0" : "cpu"},
+              {{"OMP_NUM_THREADS", "1"}});
+  const auto outcomes = group.wait(std::chrono::seconds(120));
+  for (const Outcome& o : outcomes) ASSERT_EQ(o.exit_code, 0) << describe(outcomes);
+  // Rank 0 takes prompts 0 and 1, rank 1 prompt 2 (seed 7 + 2); alone, rank 0 takes all three.
+  EXPECT_NE(outcomes[0].output.find("[rank 0] 3 images from 2 processes"), std::string::npos) << describe(outcomes);
+  const std::vector<std::pair<std::string, std::string>> same = {
+      {"two/result_0_0.png", "one/result_0_0.png"},
+      {"two/result_0_1.png", "one/result_0_1.png"},
+      {"two/result_1_0.png", "one/result_0_2.png"},
+      {"two/result_1_0.png", "generate.png"}};
+  for (const auto& [a, b] : same) {
+    ASSERT_TRUE(fs::exists(dir / a)) << a << "\n" << describe(outcomes);
+    ASSERT_TRUE(fs::exists(dir / b)) << b << "\n" << describe(outcomes);
+    const Image x = Image::load_png(dir / a), y = Image::load_png(dir / b);
+    EXPECT_EQ(x.width, 96);
+    EXPECT_EQ(x.height, 64);
+    EXPECT_TRUE(x.pixels == y.pixels) << a << " differs from " << b;
+  }
+  EXPECT_FALSE(fs::exists(dir / "two" / "result_1_1.png"));
+  // Different prompts (and seeds) make different images.
+  EXPECT_FALSE(Image::load_png(dir / "one/result_0_0.png").pixels == Image::load_png(dir / "one/result_0_1.png").pixels);
+}
