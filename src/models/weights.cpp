@@ -15,14 +15,6 @@ std::string shape_text(c10::IntArrayRef shape) {
   return out + "]";
 }
 
-bool keeps_float32(const std::string& name, const std::vector<std::string>& keep) {
-  // Match a whole dotted component: "wo" matches "...DenseReluDense.wo.weight", not "...wo_1".
-  const std::string dotted = "." + name + ".";
-  for (const auto& part : keep) {
-    if (dotted.find("." + part + ".") != std::string::npos) return true;
-  }
-  return false;
-}
 
 std::string join(const std::vector<std::string>& names, size_t limit = 20) {
   std::string out;
@@ -46,6 +38,13 @@ std::vector<std::pair<std::string, at::Tensor>> named_tensors(torch::nn::Module&
 }
 
 }  // namespace
+
+bool keeps_float32(const std::string& name, const std::vector<std::string>& parts) {
+  const std::string dotted = "." + name + ".";
+  for (const auto& part : parts)
+    if (dotted.find("." + part + ".") != std::string::npos) return true;
+  return false;
+}
 
 void load_weights(torch::nn::Module& module, const Checkpoint& checkpoint, const WeightLoadOptions& options) {
   auto targets = named_tensors(module);
@@ -78,6 +77,8 @@ void load_weights(torch::nn::Module& module, const Checkpoint& checkpoint, const
 
   at::NoGradGuard no_grad;
   for (auto& [name, tensor] : targets) {
+    const std::optional<c10::Device> device = options.device_of ? options.device_of(name) : options.device;
+    if (!device) continue;  // left on "disk": its hook reads it when its unit runs
     const TensorInfo& info = checkpoint.info(name);
     c10::ScalarType stored = safetensors_scalar_type(info.dtype);
     c10::ScalarType target = stored;
@@ -85,7 +86,7 @@ void load_weights(torch::nn::Module& module, const Checkpoint& checkpoint, const
       target = keeps_float32(name, options.keep_in_float32) ? c10::kFloat : options.dtype;
     // set_data swaps the storage in place: the module keeps its parameter objects, and the
     // placeholder allocation is released.
-    tensor.set_data(checkpoint.load(name, target, options.device));
+    tensor.set_data(checkpoint.load(name, target, *device));
   }
 }
 

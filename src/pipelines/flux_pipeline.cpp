@@ -251,8 +251,8 @@ void FluxPipeline::remove_all_hooks() {
   offload_ = Offload::None;
 }
 
-void FluxPipeline::enable_model_cpu_offload(const std::string& device) {
-  const char* what = "enable_model_cpu_offload";
+// Offload replaces any hooks, but not a device map: as in diffusers, a mapped pipeline must be reset first.
+void FluxPipeline::start_offload(const char* what, const std::string& device) {
   if (!device_map_.empty())
     throw Error(std::string("FluxPipeline: ") + what + " is not allowed on a pipeline placed by device_map " +
                 device_map_.to_json() + "; call reset_device_map() first");
@@ -262,21 +262,16 @@ void FluxPipeline::enable_model_cpu_offload(const std::string& device) {
                   hooks->device_map().to_json() + "; call remove_all_hooks() first");
   remove_all_hooks();
   offload_device_ = offload_target(device, device_);
+}
+
+void FluxPipeline::enable_model_cpu_offload(const std::string& device) {
+  start_offload("enable_model_cpu_offload", device);
   for (const auto& [name, model] : models()) model->to(c10::kCPU);
   offload_ = Offload::Model;
 }
 
 void FluxPipeline::enable_sequential_cpu_offload(const std::string& device) {
-  const char* what = "enable_sequential_cpu_offload";
-  if (!device_map_.empty())
-    throw Error(std::string("FluxPipeline: ") + what + " is not allowed on a pipeline placed by device_map " +
-                device_map_.to_json() + "; call reset_device_map() first");
-  for (const auto& [name, model] : models())
-    if (const ModuleHooks* hooks = hooks_of(*model); hooks && hooks->origin() == "device_map")
-      throw Error(std::string("FluxPipeline: ") + what + ": component '" + name + "' is placed by its own device map " +
-                  hooks->device_map().to_json() + "; call remove_all_hooks() first");
-  remove_all_hooks();
-  offload_device_ = offload_target(device, device_);
+  start_offload("enable_sequential_cpu_offload", device);
   // Every unit "on the CPU", run on the GPU: weights come in block by block.
   for (const auto& [name, model] : models()) {
     model->to(c10::kCPU);

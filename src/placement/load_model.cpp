@@ -1,7 +1,5 @@
 #include "diffuse/placement/load_model.hpp"
 
-#include <set>
-
 #include "diffuse/error.hpp"
 #include "diffuse/io/checkpoint.hpp"
 #include "diffuse/models/weights.hpp"
@@ -13,57 +11,16 @@
 namespace diffuse {
 namespace {
 
-std::string shape_text(c10::IntArrayRef shape) { return c10::str(shape); }
-
-std::string join(const std::vector<std::string>& names, size_t limit = 20) {
-  std::string out;
-  for (size_t i = 0; i < names.size() && i < limit; ++i) out += (i ? ", " : "") + names[i];
-  if (names.size() > limit) out += ", ... (" + std::to_string(names.size() - limit) + " more)";
-  return out;
-}
-
-// load_weights with a device per unit: the same strict check of names and shapes first, then each
-// tensor read from the mmap straight to its unit's device. Units on "disk" are not read (their hooks
-// read them when they run).
+// load_weights with a device per unit: each tensor is read from the mmap straight to its unit's
+// device; units on "disk" are not read (their hooks read them when they run).
 void load_placed_weights(torch::nn::Module& model, const Checkpoint& checkpoint, const DeviceMap& map,
-                         const WeightLoadOptions& options) {
-  std::vector<std::pair<std::string, at::Tensor>> targets;
-  for (auto& p : model.named_parameters()) targets.emplace_back(p.key(), p.value());
-  for (auto& b : model.named_buffers()) targets.emplace_back(b.key(), b.value());
-  std::vector<std::string> missing, mismatched, unexpected;
-  std::set<std::string> consumed;
-  for (const auto& [name, tensor] : targets) {
-    const TensorInfo* info = checkpoint.find(name);
-    if (info == nullptr) {
-      missing.push_back(name);
-      continue;
-    }
-    consumed.insert(name);
-    if (c10::IntArrayRef(info->shape) != tensor.sizes())
-      mismatched.push_back(name + " (checkpoint " + shape_text(info->shape) + ", model " + shape_text(tensor.sizes()) + ")");
-  }
-  for (const auto& info : checkpoint.tensors()) {
-    if (consumed.count(info.name)) continue;
-    auto alias = options.tied_aliases.find(info.name);
-    if (alias != options.tied_aliases.end() && consumed.count(alias->second)) continue;
-    unexpected.push_back(info.name);
-  }
-  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
-    std::string message = checkpoint.source().string() + ": weights do not match the model";
-    if (!missing.empty()) message += "; missing from the checkpoint: " + join(missing);
-    if (!unexpected.empty()) message += "; not in the model: " + join(unexpected);
-    if (!mismatched.empty()) message += "; shape mismatch: " + join(mismatched);
-    throw Error(message);
-  }
-  at::NoGradGuard no_grad;
-  for (auto& [name, tensor] : targets) {
+                         WeightLoadOptions options) {
+  options.device_of = [&map](const std::string& name) -> std::optional<c10::Device> {
     const std::string& device = *map.device_of(name);
-    if (device == "disk") continue;
-    const c10::ScalarType stored = safetensors_scalar_type(checkpoint.info(name).dtype);
-    c10::ScalarType target = stored;
-    if (c10::isFloatingType(stored)) target = keeps_float32(name, options.keep_in_float32) ? c10::kFloat : options.dtype;
-    tensor.set_data(checkpoint.load(name, target, c10::Device(device == "cpu" ? "cpu" : device)));
-  }
+    if (device == "disk") return std::nullopt;
+    return c10::Device(device);
+  };
+  load_weights(model, checkpoint, options);
 }
 
 std::string folder_name(const std::filesystem::path& folder) {

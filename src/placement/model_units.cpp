@@ -30,13 +30,6 @@ uint64_t element_bytes(c10::ScalarType type) { return static_cast<uint64_t>(c10:
 
 }  // namespace
 
-bool keeps_float32(const std::string& name, const std::vector<std::string>& parts) {
-  const std::string dotted = "." + name + ".";
-  for (const auto& part : parts)
-    if (dotted.find("." + part + ".") != std::string::npos) return true;
-  return false;
-}
-
 std::vector<ModelUnit> model_units(const torch::nn::Module& model, const std::vector<std::string>& keep_in_float32) {
   const std::vector<std::string> containers = containers_of(model);
   auto is_container = [&](const std::string& name) {

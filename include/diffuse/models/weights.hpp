@@ -9,7 +9,9 @@
 #include <torch/nn/module.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,7 +28,14 @@ struct WeightLoadOptions {
   // Parameters whose name contains one of these parts stay in float32 whatever `dtype` says
   // (transformers' _keep_in_fp32_modules, e.g. T5's "wo" under float16).
   std::vector<std::string> keep_in_float32;
+  // Per-tensor placement (a device map): the device of each tensor by name, or nullopt to leave it
+  // unread (a unit on "disk", read by its hook when it runs). Unset: every tensor goes to `device`.
+  std::function<std::optional<c10::Device>(const std::string& name)> device_of;
 };
+
+// Whether `name` (a dotted parameter name) has one of `parts` as a whole component: "wo" matches
+// "encoder.block.0.layer.1.DenseReluDense.wo.weight", not "...wo_1...".
+bool keeps_float32(const std::string& name, const std::vector<std::string>& parts);
 
 // Replaces every parameter and buffer of `module` with the checkpoint's tensor of the same name,
 // converted and moved as `options` say. Throws diffuse::Error listing missing names, unexpected names

@@ -115,6 +115,8 @@ class FluxPipeline {
   static constexpr int64_t default_sample_size = 128;
 
  private:
+  // The checks and reset that both offload modes start with.
+  void start_offload(const char* what, const std::string& device);
   at::Tensor draw_latents(const GenerateRequest& request, int64_t batch, int64_t height, int64_t width);
   at::Tensor denoise(const GenerateRequest& request, const PromptEmbeddings& embeddings, at::Tensor latents,
                      int64_t height, int64_t width, bool& interrupted);

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "diffuse/models/weights.hpp"
+
 #include "diffuse/io/checkpoint.hpp"
 #include "diffuse/placement/planner.hpp"
 
@@ -48,9 +50,5 @@ uint64_t activation_estimate(const torch::nn::Module& model);
 uint64_t checkpoint_bytes(const Checkpoint& checkpoint, c10::ScalarType dtype,
                           const std::vector<std::string>& keep_in_float32 = {},
                           const std::map<std::string, std::string>& tied_aliases = {});
-
-// True when the dotted `name` has a component named by one of `parts` ("wo" matches
-// "encoder.block.0.layer.1.DenseReluDense.wo.weight"): WeightLoadOptions::keep_in_float32's rule.
-bool keeps_float32(const std::string& name, const std::vector<std::string>& parts);
 
 }  // namespace diffuse
