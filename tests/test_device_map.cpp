@@ -90,21 +90,6 @@ void expect_contiguous(const DeviceMap& map, const std::vector<std::string>& dev
 
 // ---- the reference call on the tiny-flux fixture ----------------------------------------------------
 
-GenerateRequest reference_request() {
-  const JsonConfig args = JsonConfig::load(*test::fixtures_dir() / "tiny-flux" / "reference.json");
-  GenerateRequest request;
-  request.prompt = args.get_string_list("prompts", {});
-  request.height = args.get_int("height", 0);
-  request.width = args.get_int("width", 0);
-  request.num_inference_steps = args.get_int("num_inference_steps", 0);
-  request.guidance_scale = args.get_double("guidance_scale", 0);
-  request.max_sequence_length = args.get_int("max_sequence_length", 0);
-  request.seed = static_cast<uint64_t>(args.get_int("seed", 0));
-  request.output_type = OutputType::Tensor;
-  request.progress = false;
-  return request;
-}
-
 FluxPipeline tiny_pipeline(FluxPipelineOptions options = {}) {
   return FluxPipeline::from_pretrained(test::tiny_flux_pipeline(), std::move(options));
 }
@@ -114,7 +99,7 @@ const GenerateOutput& unsplit_output(c10::Device device) {
   static std::map<std::string, GenerateOutput> outputs;
   auto it = outputs.find(device.str());
   if (it == outputs.end())
-    it = outputs.emplace(device.str(), tiny_pipeline({.device = device.str()}).generate(reference_request())).first;
+    it = outputs.emplace(device.str(), tiny_pipeline({.device = device.str()}).generate(test::reference_request())).first;
   return it->second;
 }
 
@@ -445,7 +430,7 @@ TEST(DeviceMapApplied, TransformerSplitBetweenCpuAndDiskGivesTheSameLatents) {
   EXPECT_EQ(planned->proj_out->weight.numel(), 0);
 
   FluxPipeline pipe = tiny_pipeline({.components = {.transformer = planned}});
-  expect_same_output(pipe.generate(reference_request()), "cpu+disk (auto)");
+  expect_same_output(pipe.generate(test::reference_request()), "cpu+disk (auto)");
   EXPECT_EQ(planned->proj_out->weight.numel(), 0);  // released after each run
 
   // An explicit map that alternates, so that activations cross at every block.
@@ -453,14 +438,14 @@ TEST(DeviceMapApplied, TransformerSplitBetweenCpuAndDiskGivesTheSameLatents) {
       dir, {.device_map = DeviceMap{{"", "disk"}, {"transformer_blocks.1", "cpu"}, {"single_transformer_blocks.0", "cpu"},
                                     {"x_embedder", "cpu"}}});
   FluxPipeline pipe2 = tiny_pipeline({.components = {.transformer = alternating}});
-  expect_same_output(pipe2.generate(reference_request()), "alternating cpu/disk");
+  expect_same_output(pipe2.generate(test::reference_request()), "alternating cpu/disk");
 
   // Hooks off: the disk units are read back and the model is whole again.
   remove_hooks(*alternating);
   EXPECT_TRUE(alternating->device_map().empty());
   EXPECT_GT(alternating->proj_out->weight.numel(), 0);
   FluxPipeline pipe3 = tiny_pipeline({.components = {.transformer = alternating}});
-  expect_same_output(pipe3.generate(reference_request()), "hooks removed");
+  expect_same_output(pipe3.generate(test::reference_request()), "hooks removed");
 }
 
 TEST(DeviceMapApplied, TransformerOverTheTestDevicesCpuAndDiskMatchesDiffusers) {
@@ -477,7 +462,7 @@ TEST(DeviceMapApplied, TransformerOverTheTestDevicesCpuAndDiskMatchesDiffusers) 
   std::cout << "[ map ] " << transformer->device_map() << "\n";
   FluxPipeline pipe = tiny_pipeline({.device = main, .components = {.transformer = transformer}});
   EXPECT_EQ(pipe.execution_device("transformer"), device);
-  const GenerateOutput out = pipe.generate(reference_request());
+  const GenerateOutput out = pipe.generate(test::reference_request());
   const SafetensorsFile& reference = test::tiny_flux_reference();
   test::print_error("mapped transformer latents", out.latents, reference.load("latents_final"));
   EXPECT_TENSORS_CLOSE(out.latents, reference.load("latents_final"), 1e-4);
@@ -498,9 +483,9 @@ TEST(DeviceMapApplied, EveryModelRunsUnderHooks) {
   components.vae = load_autoencoder_kl(dir / "vae", {.device_map = DeviceMap{{"", "disk"}, {"decoder.mid_block", "cpu"}}});
   EXPECT_EQ(components.text_encoder_2->device_map().at("shared"), "disk");
   FluxPipeline pipe = tiny_pipeline({.components = components});
-  expect_same_output(pipe.generate(reference_request()), "all on disk");
+  expect_same_output(pipe.generate(test::reference_request()), "all on disk");
   const SafetensorsFile& reference = test::tiny_flux_reference();
-  PromptEmbeddings e = pipe.encode_prompt({.prompt = reference_request().prompt, .max_sequence_length = 32});
+  PromptEmbeddings e = pipe.encode_prompt({.prompt = test::reference_request().prompt, .max_sequence_length = 32});
   EXPECT_TENSORS_CLOSE(e.prompt_embeds, reference.load("prompt_embeds"), 1e-4);
   EXPECT_TENSORS_CLOSE(e.pooled_prompt_embeds, reference.load("pooled_prompt_embeds"), 1e-4);
   EXPECT_TENSORS_CLOSE(components.vae->encode_mean(reference.load("vae_encoder_input")),
@@ -514,7 +499,7 @@ TEST(DeviceMapApplied, ModelAndSequentialOffloadGiveIdenticalOutputs) {
     FluxPipeline pipe = tiny_pipeline();
     pipe.enable_model_cpu_offload(device.str());
     EXPECT_EQ(pipe.execution_device("transformer"), device);
-    expect_same_output(pipe.generate(reference_request()), "model offload", device);
+    expect_same_output(pipe.generate(test::reference_request()), "model offload", device);
     // Between calls every component is back on the CPU.
     EXPECT_TRUE(pipe.transformer()->parameters().front().device().is_cpu());
     EXPECT_ERROR_CONTAINS(pipe.to("cpu"), "model CPU offload is enabled; call remove_all_hooks()");
@@ -527,13 +512,13 @@ TEST(DeviceMapApplied, ModelAndSequentialOffloadGiveIdenticalOutputs) {
     EXPECT_EQ(pipe.transformer()->device_map().at("transformer_blocks.0"), "cpu");
     EXPECT_EQ(hooks_of(*pipe.transformer())->origin(), "sequential_offload");
     EXPECT_EQ(pipe.execution_device("vae"), device);
-    expect_same_output(pipe.generate(reference_request()), "sequential offload", device);
+    expect_same_output(pipe.generate(test::reference_request()), "sequential offload", device);
     EXPECT_TRUE(pipe.transformer()->parameters().front().device().is_cpu());
     EXPECT_ERROR_CONTAINS(pipe.to("cpu"), "sequential CPU offload is enabled");
     // Switching from one offload to the other replaces it.
     pipe.enable_model_cpu_offload(device.str());
     EXPECT_EQ(hooks_of(*pipe.transformer()), nullptr);
-    expect_same_output(pipe.generate(reference_request()), "model offload after sequential", device);
+    expect_same_output(pipe.generate(test::reference_request()), "model offload after sequential", device);
   }
 }
 
@@ -544,7 +529,7 @@ TEST(DeviceMapApplied, PipelineBalancedMapsComponentsAndMustBeResetBeforeMoving)
   EXPECT_EQ(pipe.device_map(), (DeviceMap{{"text_encoder", "cpu"}, {"text_encoder_2", "cpu"}, {"transformer", "cpu"},
                                           {"vae", "cpu"}}));
   std::cout << "[ map ] " << pipe.device_map() << "\n";
-  expect_same_output(pipe.generate(reference_request()), "balanced on cpu");
+  expect_same_output(pipe.generate(test::reference_request()), "balanced on cpu");
   EXPECT_ERROR_CONTAINS(pipe.to("cpu"), "placed by device_map \"balanced\" {\"text_encoder\": \"cpu\"");
   EXPECT_ERROR_CONTAINS(pipe.to("cpu"), "call reset_device_map() before moving it");
   EXPECT_ERROR_CONTAINS(pipe.enable_model_cpu_offload(), "enable_model_cpu_offload is not allowed on a pipeline placed");
@@ -552,7 +537,7 @@ TEST(DeviceMapApplied, PipelineBalancedMapsComponentsAndMustBeResetBeforeMoving)
   pipe.reset_device_map();
   EXPECT_TRUE(pipe.device_map().empty());
   pipe.to("cpu");
-  expect_same_output(pipe.generate(reference_request()), "after reset");
+  expect_same_output(pipe.generate(test::reference_request()), "after reset");
 
   EXPECT_ERROR_CONTAINS(tiny_pipeline({.device_map = "auto"}), "device_map 'auto' is not supported for a pipeline");
   // Skipped components are not planned.

@@ -14,22 +14,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The reference call's arguments, as reference.json gives them.
-GenerateRequest reference_request() {
-  const JsonConfig args = JsonConfig::load(*test::fixtures_dir() / "tiny-flux" / "reference.json");
-  GenerateRequest request;
-  request.prompt = args.get_string_list("prompts", {});
-  request.height = args.get_int("height", 0);
-  request.width = args.get_int("width", 0);
-  request.num_inference_steps = args.get_int("num_inference_steps", 0);
-  request.guidance_scale = args.get_double("guidance_scale", 0);
-  request.max_sequence_length = args.get_int("max_sequence_length", 0);
-  request.seed = static_cast<uint64_t>(args.get_int("seed", 0));
-  request.output_type = OutputType::Tensor;
-  request.progress = false;
-  return request;
-}
-
 FluxPipeline tiny_pipeline(FluxPipelineOptions options = {}) {
   options.device = test::test_device().str();
   return FluxPipeline::from_pretrained(test::tiny_flux_pipeline(), std::move(options));
@@ -56,7 +40,7 @@ TEST(FluxPipeline, FromThePromptAloneReproducesDiffusers) {
   DIFFUSE_REQUIRE_FIXTURES();
   FluxPipeline pipe = tiny_pipeline();
   std::vector<at::Tensor> steps;
-  GenerateRequest request = reference_request();
+  GenerateRequest request = test::reference_request();
   request.output_type = OutputType::Image;
   request.callback = [&](const StepInfo& step) {
     steps.push_back(step.latents.clone());
@@ -85,7 +69,7 @@ TEST(FluxPipeline, FromThePromptAloneReproducesDiffusers) {
 TEST(FluxPipeline, EncodePromptMatchesDiffusers) {
   DIFFUSE_REQUIRE_FIXTURES();
   FluxPipeline pipe = tiny_pipeline({.skip = {"transformer", "vae"}});
-  const GenerateRequest request = reference_request();
+  const GenerateRequest request = test::reference_request();
   PromptEmbeddings embeddings = pipe.encode_prompt({.prompt = request.prompt, .max_sequence_length = 32});
   const SafetensorsFile& reference = test::tiny_flux_reference();
   EXPECT_TENSORS_CLOSE(embeddings.prompt_embeds, reference.load("prompt_embeds"), 1e-4);
@@ -95,7 +79,7 @@ TEST(FluxPipeline, EncodePromptMatchesDiffusers) {
 
 TEST(FluxPipeline, StagedPathGivesTheSameLatentsAsOneCall) {
   DIFFUSE_REQUIRE_FIXTURES();
-  const GenerateRequest request = reference_request();
+  const GenerateRequest request = test::reference_request();
   GenerateOutput whole = tiny_pipeline().generate(request);
 
   // Stage 1: text encoders only.
@@ -128,7 +112,7 @@ TEST(FluxPipeline, StagedPathGivesTheSameLatentsAsOneCall) {
 TEST(FluxPipeline, BatchesAndImagesPerPromptKeepEachPromptsImagesTogether) {
   DIFFUSE_REQUIRE_FIXTURES();
   FluxPipeline pipe = tiny_pipeline();
-  GenerateRequest request = reference_request();
+  GenerateRequest request = test::reference_request();
   request.prompt = {"a red cat", "a blue dog"};
   request.num_images_per_prompt = 2;
   request.num_inference_steps = 2;
@@ -146,7 +130,7 @@ TEST(FluxPipeline, BatchesAndImagesPerPromptKeepEachPromptsImagesTogether) {
 TEST(FluxPipeline, GivenLatentsAreUsedAndACallbackCanStopTheLoop) {
   DIFFUSE_REQUIRE_FIXTURES();
   FluxPipeline pipe = tiny_pipeline();
-  GenerateRequest request = reference_request();
+  GenerateRequest request = test::reference_request();
   request.seed.reset();
   request.latents = test::tiny_flux_reference().load("latents_init");
   request.output_type = OutputType::Latent;
@@ -161,7 +145,7 @@ TEST(FluxPipeline, GivenLatentsAreUsedAndACallbackCanStopTheLoop) {
 TEST(FluxPipeline, BadRequestsGiveClearErrors) {
   DIFFUSE_REQUIRE_FIXTURES();
   FluxPipeline pipe = tiny_pipeline();
-  GenerateRequest request = reference_request();
+  GenerateRequest request = test::reference_request();
 
   GenerateRequest bad = request;
   bad.height = 72;

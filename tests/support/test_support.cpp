@@ -1,5 +1,7 @@
 #include "support/test_support.hpp"
 
+#include "diffuse/io/json_config.hpp"
+
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -18,6 +20,21 @@ std::filesystem::path tiny_flux_pipeline() { return *fixtures_dir() / "tiny-flux
 const SafetensorsFile& tiny_flux_reference() {
   static const SafetensorsFile reference(*fixtures_dir() / "tiny-flux" / "reference.safetensors");
   return reference;
+}
+
+GenerateRequest reference_request() {
+  const JsonConfig args = JsonConfig::load(*fixtures_dir() / "tiny-flux" / "reference.json");
+  GenerateRequest request;
+  request.prompt = args.get_string_list("prompts", {});
+  request.height = args.get_int("height", 0);
+  request.width = args.get_int("width", 0);
+  request.num_inference_steps = args.get_int("num_inference_steps", 0);
+  request.guidance_scale = args.get_double("guidance_scale", 0);
+  request.max_sequence_length = args.get_int("max_sequence_length", 0);
+  request.seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  request.output_type = OutputType::Tensor;
+  request.progress = false;
+  return request;
 }
 
 std::filesystem::path temporary_folder(const std::string& name) {

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "diffuse/io/safetensors.hpp"
+#include "diffuse/pipelines/generate_request.hpp"
 
 namespace diffuse::test {
 
@@ -19,6 +20,9 @@ std::optional<std::filesystem::path> fixtures_dir();
 std::filesystem::path tiny_flux_pipeline();
 // The reference tensors made by diffusers for the tiny-flux call.
 const SafetensorsFile& tiny_flux_reference();
+// The reference call (tiny-flux/reference.json's arguments) as a request, output_type Tensor, no
+// progress bar.
+GenerateRequest reference_request();
 // A fresh empty folder under the build tree for one test's files.
 std::filesystem::path temporary_folder(const std::string& name);
 
