@@ -24,6 +24,7 @@
 #include "diffuse/pipelines/flux_pipeline.hpp"
 #include "diffuse/pipelines/generate_request.hpp"
 #include "diffuse/pipelines/random_pipeline.hpp"
+#include "diffuse/parallel/context_parallel.hpp"
 #include "diffuse/parallel/context_parallel_config.hpp"
 #include "diffuse/parallel/partial_attention.hpp"
 #include "diffuse/parallel/sequence_shards.hpp"

@@ -1,9 +1,11 @@
 #include "diffuse/models/flux_blocks.hpp"
 
+#include <cmath>
 #include <string>
 
 #include "diffuse/error.hpp"
 #include "diffuse/models/attention.hpp"
+#include "diffuse/parallel/context_parallel.hpp"
 
 namespace diffuse {
 namespace {
@@ -59,6 +61,8 @@ at::Tensor FluxAttentionImpl::split_heads(const at::Tensor& x, RMSNorm& norm) co
 }
 
 at::Tensor FluxAttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (context_parallel)
+    return context_parallel_attention(q, k, v, *context_parallel, 1.0 / std::sqrt(static_cast<double>(q.size(-1))));
   // Qualified: with libtorch 2.x, argument-dependent lookup would also find at::scaled_dot_product_attention.
   return diffuse::scaled_dot_product_attention(q, k, v);
 }

@@ -6,6 +6,8 @@
 #include "diffuse/error.hpp"
 #include "diffuse/io/checkpoint.hpp"
 #include "diffuse/models/weights.hpp"
+#include "diffuse/parallel/context_parallel.hpp"
+#include "diffuse/parallel/sequence_shards.hpp"
 
 namespace diffuse {
 namespace {
@@ -101,8 +103,39 @@ RotaryEmbedding FluxTransformer2DModelImpl::rotary_embedding(const at::Tensor& t
                         kRopeTheta);
 }
 
+void FluxTransformer2DModelImpl::set_attention_mesh(const std::shared_ptr<const ContextParallelMesh>& mesh) {
+  for (const auto& block : *transformer_blocks) block->as<FluxTransformerBlockImpl>()->attn->context_parallel = mesh;
+  for (const auto& block : *single_transformer_blocks)
+    block->as<FluxSingleTransformerBlockImpl>()->attn->context_parallel = mesh;
+}
+
+void FluxTransformer2DModelImpl::enable_parallelism(const ContextParallelConfig& config,
+                                                    std::shared_ptr<Communicator> world) {
+  mesh_ = std::make_shared<const ContextParallelMesh>(std::move(world), config, config_.num_attention_heads);
+  set_attention_mesh(mesh_->active() ? mesh_ : nullptr);
+}
+
+void FluxTransformer2DModelImpl::disable_parallelism() {
+  mesh_.reset();
+  set_attention_mesh(nullptr);
+}
+
 at::Tensor FluxTransformer2DModelImpl::forward(const FluxTransformerInputs& in) {
   check_inputs(in);
+  if (!mesh_ || !mesh_->active()) return forward_tokens(in);
+  // Each rank keeps one contiguous shard of the image tokens and one of the text tokens (any counts);
+  // attention is the only place tokens meet, and it sees every rank's keys.
+  const int64_t parts = mesh_->degree(), index = mesh_->rank();
+  FluxTransformerInputs local = in;
+  local.hidden_states = take_shard(in.hidden_states, 1, parts, index);
+  local.encoder_hidden_states = take_shard(in.encoder_hidden_states, 1, parts, index);
+  local.img_ids = take_shard(drop_batch(in.img_ids), 0, parts, index);
+  local.txt_ids = take_shard(drop_batch(in.txt_ids), 0, parts, index);
+  at::Tensor out = forward_tokens(local);
+  return mesh_->group().all_gather(out.contiguous(), 1, shard_sizes(in.hidden_states.size(1), parts));
+}
+
+at::Tensor FluxTransformer2DModelImpl::forward_tokens(const FluxTransformerInputs& in) {
   // Each unit runs through forward_unit, so that a device map's hooks can place it (a plain call without).
   at::Tensor hidden_states = forward_unit(*x_embedder, in.hidden_states);
   // The pipeline passes t/1000. diffusers rounds it (and guidance) to the compute dtype before scaling

@@ -12,11 +12,15 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
+
 #include "diffuse/models/embeddings.hpp"
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/normalization.hpp"
 
 namespace diffuse {
+
+class ContextParallelMesh;  // diffuse/parallel/context_parallel.hpp
 
 // diffusers' FeedForward(dim, dim_out, activation_fn="gelu-approximate"): net.0 is a GELU module
 // holding the up projection (net.0.proj), net.1 dropout (no parameters), net.2 the down projection.
@@ -54,6 +58,9 @@ class FluxAttentionImpl : public torch::nn::Module {
   at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
   int64_t heads, head_dim;
+  // Set by FluxTransformer2DModel::enable_parallelism: attend() then runs context_parallel_attention
+  // over this mesh on the rank's shard of the sequence. Null: plain attention.
+  std::shared_ptr<const ContextParallelMesh> context_parallel;
   Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
   RMSNorm norm_q{nullptr}, norm_k{nullptr};
   // Dual-stream form only (empty otherwise):

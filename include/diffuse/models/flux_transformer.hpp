@@ -12,15 +12,20 @@
 #include <torch/nn/pimpl.h>
 
 #include <filesystem>
+#include <memory>
 
 #include "diffuse/io/configs.hpp"
 #include "diffuse/models/embeddings.hpp"
 #include "diffuse/models/flux_blocks.hpp"
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/normalization.hpp"
+#include "diffuse/parallel/context_parallel_config.hpp"
 #include "diffuse/placement/module_hooks.hpp"
 
 namespace diffuse {
+
+class Communicator;         // diffuse/distributed/communicator.hpp
+class ContextParallelMesh;  // diffuse/parallel/context_parallel.hpp
 
 // One call's inputs, as FluxPipeline passes them to diffusers' forward. Floating-point inputs should be
 // in the model's dtype (hidden_states' dtype is the compute dtype) and on its device.
@@ -51,6 +56,16 @@ class FluxTransformer2DModelImpl : public torch::nn::Module, public HookedModule
 
   const FluxTransformerConfig& config() const { return config_; }
 
+  // Context parallelism: collective over `world` (every member calls it, with the same config). Then
+  // forward is collective too: every rank passes the same full inputs, keeps its shard of the image
+  // and text tokens (and their ids) for the blocks, attends through context_parallel_attention, and
+  // gets the whole output back (gathered over the mesh). Ranks beyond config.degree() compute alone.
+  // Throws diffuse::Error when the degrees do not fit the world or the Ulysses degree the heads.
+  void enable_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> world);
+  void disable_parallelism();
+  // The mesh in use, or null.
+  const std::shared_ptr<const ContextParallelMesh>& parallel_mesh() const { return mesh_; }
+
   CombinedTimestepTextProjEmbeddings time_text_embed{nullptr};
   Linear context_embedder{nullptr}, x_embedder{nullptr};
   torch::nn::ModuleList transformer_blocks{nullptr};         // FluxTransformerBlock x num_layers
@@ -60,7 +75,11 @@ class FluxTransformer2DModelImpl : public torch::nn::Module, public HookedModule
 
  private:
   void check_inputs(const FluxTransformerInputs& inputs) const;
+  // forward on whatever tokens it is given (all of them, or this rank's shard).
+  at::Tensor forward_tokens(const FluxTransformerInputs& inputs);
+  void set_attention_mesh(const std::shared_ptr<const ContextParallelMesh>& mesh);
   FluxTransformerConfig config_;
+  std::shared_ptr<const ContextParallelMesh> mesh_;
 };
 TORCH_MODULE(FluxTransformer2DModel);
 

@@ -1,0 +1,100 @@
+#include "diffuse/parallel/context_parallel.hpp"
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "diffuse/error.hpp"
+#include "diffuse/parallel/partial_attention.hpp"
+
+namespace diffuse {
+namespace {
+
+// Every member's local sequence length (shards may be uneven), in member order.
+std::vector<int64_t> member_lengths(Communicator& comm, int64_t local) {
+  at::Tensor all = comm.all_gather(at::full({1}, local, at::TensorOptions(at::kLong).device(comm.device())), 0);
+  all = all.cpu();
+  return {all.data_ptr<int64_t>(), all.data_ptr<int64_t>() + all.numel()};
+}
+
+// Ring attention over `ring`: the K/V block held rotates one member forward per step; the transfer
+// of the next block is in flight while this rank attends to the current one.
+at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, Communicator& ring,
+                          double scale, bool float32_merge) {
+  const int P = ring.size(), r = ring.rank();
+  const std::vector<int64_t> lengths = member_lengths(ring, k.size(2));
+  at::Tensor current = at::stack({k, v}, 0).contiguous();  // [2, batch, heads, seq, head_dim]
+  PartialAttention total;
+  for (int step = 0; step < P; ++step) {
+    at::Tensor next;
+    Work transfer;
+    if (step + 1 < P) {
+      // After this step we hold the block of member (r - step - 1) mod P.
+      const int64_t source = ((r - step - 1) % P + P) % P;
+      std::vector<int64_t> shape = current.sizes().vec();
+      shape[3] = lengths[static_cast<size_t>(source)];
+      next = at::empty(shape, current.options());
+      transfer = ring.send_recv(current, (r + 1) % P, next, (r - 1 + P) % P);
+    }
+    merge_partial_attention(total, math_attention_with_lse(q, current[0], current[1], scale), float32_merge);
+    if (step + 1 < P) {
+      transfer.wait();
+      current = next;
+    }
+  }
+  return total.out.to(q.scalar_type());
+}
+
+at::Tensor local_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const ContextParallelMesh& mesh,
+                           double scale) {
+  const auto& ring = mesh.ring_group();
+  if (ring && ring->size() > 1) return ring_attention(q, k, v, *ring, scale, mesh.config().convert_to_fp32);
+  return math_attention_with_lse(q, k, v, scale).out.to(q.scalar_type());
+}
+
+}  // namespace
+
+ContextParallelMesh::ContextParallelMesh(std::shared_ptr<Communicator> world, const ContextParallelConfig& config,
+                                         int64_t num_heads)
+    : world_(std::move(world)), config_(config) {
+  if (!world_) throw Error("ContextParallelMesh: no world communicator");
+  config_.validate(world_->size(), num_heads > 0 ? num_heads : config_.ulysses_degree);
+  const int world_rank = world_->rank();
+  const bool member = world_rank < config_.degree();
+  rank_ = member ? world_rank : -1;
+  const int U = static_cast<int>(config_.ulysses_degree);
+  // Three collective splits, in the same order on every member of the world.
+  group_ = world_->split(member ? 0 : -1, world_rank);
+  ulysses_ = world_->split(member ? world_rank / U : -1, world_rank % U);
+  ring_ = world_->split(member ? world_rank % U : -1, world_rank / U);
+}
+
+Communicator& ContextParallelMesh::group() const {
+  if (!group_) throw Error("ContextParallelMesh: world rank " + std::to_string(world_->rank()) + " is not in the mesh");
+  return *group_;
+}
+
+at::Tensor context_parallel_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const ContextParallelMesh& mesh, double scale) {
+  if (q.dim() != 4 || k.sizes() != v.sizes() || q.size(2) != k.size(2))
+    throw Error("context_parallel_attention: q, k, v must be [batch, heads, seq, head_dim] with one length");
+  if (!mesh.active()) return math_attention_with_lse(q, k, v, scale).out.to(q.scalar_type());
+  const auto& ulysses = mesh.ulysses_group();
+  if (!ulysses || ulysses->size() == 1) return local_attention(q, k, v, mesh, scale);
+
+  const int64_t U = ulysses->size(), heads = q.size(1);
+  if (heads % U != 0)
+    throw Error("context_parallel_attention: ulysses degree " + std::to_string(U) + " does not divide the " +
+                std::to_string(heads) + " heads");
+  const std::vector<int64_t> lengths = member_lengths(*ulysses, q.size(2));
+  const std::vector<int64_t> head_shares(static_cast<size_t>(U), heads / U);
+  // One exchange for q, k and v: [3, batch, heads, seq, d] -> [3, batch, heads / U, all seq, d].
+  at::Tensor qkv = at::stack({q, k, v}, 0).contiguous();
+  qkv = ulysses->all_to_all(qkv, /*scatter_dim=*/2, /*gather_dim=*/3, head_shares, lengths);
+  at::Tensor out = local_attention(qkv[0], qkv[1], qkv[2], mesh, scale);
+  // And back: sequence scattered to its owners, heads gathered.
+  return ulysses->all_to_all(out.contiguous(), /*scatter_dim=*/2, /*gather_dim=*/1, lengths, head_shares);
+}
+
+}  // namespace diffuse

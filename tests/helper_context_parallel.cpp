@@ -1,0 +1,167 @@
+// One rank of a context-parallel test (tests/test_context_parallel.cpp starts 2 or 4, with torchrun's
+// variables set; CPU over Gloo). Each scenario compares its results with the single-process answer it
+// computes itself and exits
+//   0  all checks passed ("ok ..." lines give the errors measured)
+//   1  a check failed (the line says which)
+//   3  a diffuse::Error was thrown (its message is printed after "error: ")
+//
+//   helper_context_parallel attention RING ULYSSES     context_parallel_attention, several lengths
+//   helper_context_parallel transformer RING ULYSSES   the tiny-flux transformer, fixture and uneven
+//   helper_context_parallel config_errors              (4 ranks) bad configs are refused before any collective
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cmath>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "diffuse/distributed/distributed.hpp"
+#include "diffuse/error.hpp"
+#include "diffuse/models/flux_transformer.hpp"
+#include "diffuse/parallel/context_parallel.hpp"
+#include "diffuse/parallel/partial_attention.hpp"
+#include "diffuse/parallel/sequence_shards.hpp"
+#include "support/test_support.hpp"
+
+using namespace diffuse;
+
+namespace {
+
+int failures = 0;
+
+void check_close(const at::Tensor& actual, const at::Tensor& expected, double tolerance, const std::string& what) {
+  const bool same_shape = actual.sizes() == expected.sizes();
+  // A rank may hold no tokens at all (3 tokens over 4 ranks): then only the shape can be checked.
+  const double error = !same_shape ? INFINITY : expected.numel() == 0 ? 0 : test::relative_error(actual, expected);
+  if (same_shape && error <= tolerance) {
+    std::cout << "ok " << what << ": max relative error " << error << std::endl;
+  } else {
+    ++failures;
+    std::cout << "FAIL " << what << ": shapes " << actual.sizes() << " vs " << expected.sizes() << ", error " << error
+              << " > " << tolerance << std::endl;
+  }
+}
+
+// The world communicator, shared without ownership (the Distributed object outlives its users).
+std::shared_ptr<Communicator> world_of(Distributed& dist) {
+  return std::shared_ptr<Communicator>(&dist.communicator(), [](Communicator*) {});
+}
+
+ContextParallelConfig config_from(const char* ring, const char* ulysses) {
+  ContextParallelConfig config;
+  config.ring_degree = std::stoll(ring);
+  config.ulysses_degree = std::stoll(ulysses);
+  return config;
+}
+
+int run_attention(const ContextParallelConfig& config) {
+  Distributed dist = Distributed::init();
+  const ContextParallelMesh mesh(world_of(dist), config, /*num_heads=*/4);
+  for (int64_t length : {15, 37, 8, 3}) {
+    for (at::ScalarType dtype : {at::kFloat, at::kDouble}) {
+      // Every rank draws the same full tensors, keeps its shard, and knows the whole answer.
+      at::manual_seed(1000 + length);
+      const at::Tensor q = at::randn({2, 4, length, 8}, at::kDouble).to(dtype);
+      const at::Tensor k = at::randn({2, 4, length, 8}, at::kDouble).to(dtype);
+      const at::Tensor v = at::randn({2, 4, length, 8}, at::kDouble).to(dtype);
+      const double scale = 1.0 / std::sqrt(8.0);
+      const at::Tensor expected = at::softmax(at::matmul(q.to(at::kDouble), k.to(at::kDouble).transpose(-2, -1)) * scale, -1)
+                                      .matmul(v.to(at::kDouble));
+      // Ranks outside the mesh (a mesh smaller than the world) hold the whole sequence.
+      const int64_t parts = mesh.active() ? mesh.degree() : 1, index = mesh.active() ? mesh.rank() : 0;
+      const at::Tensor out = context_parallel_attention(take_shard(q, 2, parts, index).contiguous(),
+                                                        take_shard(k, 2, parts, index).contiguous(),
+                                                        take_shard(v, 2, parts, index).contiguous(), mesh, scale);
+      if (out.scalar_type() != dtype) {
+        ++failures;
+        std::cout << "FAIL output dtype " << out.scalar_type() << std::endl;
+      }
+      check_close(out, take_shard(expected, 2, parts, index).to(dtype), /*scores and softmax run in float32 (the math path)*/ 1e-5,
+                  config.describe() + " attention, " + std::to_string(length) + " tokens, " + c10::toString(dtype));
+    }
+  }
+  return failures == 0 ? 0 : 1;
+}
+
+FluxTransformerInputs reference_inputs() {
+  const SafetensorsFile& ref = test::tiny_flux_reference();
+  return {.hidden_states = ref.load("latents_init", at::kFloat, at::kCPU),
+          .encoder_hidden_states = ref.load("prompt_embeds", at::kFloat, at::kCPU),
+          .pooled_projections = ref.load("pooled_prompt_embeds", at::kFloat, at::kCPU),
+          .timestep = ref.load("transformer_timestep_step0", at::kFloat, at::kCPU),
+          .img_ids = ref.load("latent_image_ids", at::kFloat, at::kCPU),
+          .txt_ids = ref.load("text_ids", at::kFloat, at::kCPU),
+          .guidance = ref.load("transformer_guidance", at::kFloat, at::kCPU)};
+}
+
+int run_transformer(const ContextParallelConfig& config) {
+  Distributed dist = Distributed::init();
+  at::NoGradGuard no_grad;
+  auto model = load_flux_transformer(test::tiny_flux_pipeline() / "transformer", at::kFloat, at::kCPU);
+  const FluxTransformerInputs inputs = reference_inputs();
+  // Uneven token counts: 15 image tokens and 29 text tokens (over 4 ranks: 4 4 4 3 and 8 7 7 7).
+  FluxTransformerInputs uneven = inputs;
+  uneven.hidden_states = inputs.hidden_states.narrow(1, 0, 15);
+  uneven.img_ids = inputs.img_ids.narrow(0, 0, 15);
+  uneven.encoder_hidden_states = inputs.encoder_hidden_states.narrow(1, 0, 29);
+  uneven.txt_ids = inputs.txt_ids.narrow(0, 0, 29);
+  const at::Tensor alone = model->forward(inputs), uneven_alone = model->forward(uneven);
+
+  model->enable_parallelism(config, world_of(dist));
+  check_close(model->forward(inputs), test::tiny_flux_reference().load("transformer_out_step0"), 1e-4,
+              config.describe() + " transformer vs transformer_out_step0, rank " + std::to_string(dist.rank()));
+  check_close(model->forward(inputs), alone, 1e-5,
+              config.describe() + " transformer vs one process, rank " + std::to_string(dist.rank()));
+  check_close(model->forward(uneven), uneven_alone, 1e-5,
+              config.describe() + " transformer, 15 image + 29 text tokens vs one process, rank " +
+                  std::to_string(dist.rank()));
+  model->disable_parallelism();
+  check_close(model->forward(uneven), uneven_alone, 0, "after disable_parallelism");
+  return failures == 0 ? 0 : 1;
+}
+
+// Each bad config must be refused with a message that says why; nothing collective runs before.
+int run_config_errors() {
+  Distributed dist = Distributed::init();
+  auto model = load_flux_transformer(test::tiny_flux_pipeline() / "transformer", at::kFloat, at::kCPU);  // 4 heads
+  auto expect_error = [&](const ContextParallelConfig& config, const std::string& part) {
+    try {
+      model->enable_parallelism(config, world_of(dist));
+      ++failures;
+      std::cout << "FAIL " << config.describe() << " was accepted" << std::endl;
+    } catch (const Error& e) {
+      const bool ok = std::string(e.what()).find(part) != std::string::npos;
+      if (!ok) ++failures;
+      std::cout << (ok ? "ok " : "FAIL ") << config.describe() << ": " << e.what() << std::endl;
+    }
+    if (model->parallel_mesh()) {
+      ++failures;
+      std::cout << "FAIL a mesh was kept after the error" << std::endl;
+    }
+  };
+  expect_error({.ring_degree = 1, .ulysses_degree = 3}, "does not divide the 4 attention heads");
+  expect_error({.ring_degree = 4, .ulysses_degree = 2}, "more than the world size 4");
+  expect_error({.ring_degree = 1, .ulysses_degree = 1}, "both are 1");
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string scenario = argc > 1 ? argv[1] : "";
+  try {
+    if (scenario == "attention" && argc > 3) return run_attention(config_from(argv[2], argv[3]));
+    if (scenario == "transformer" && argc > 3) return run_transformer(config_from(argv[2], argv[3]));
+    if (scenario == "config_errors") return run_config_errors();
+    std::cerr << "usage: helper_context_parallel attention|transformer RING ULYSSES | config_errors\n";
+    return 2;
+  } catch (const Error& e) {
+    std::cout << "error: " << e.what() << std::endl;
+    return 3;
+  } catch (const std::exception& e) {
+    std::cout << "unexpected exception (not diffuse::Error): " << e.what() << std::endl;
+    return 4;
+  }
+}
