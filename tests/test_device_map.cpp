@@ -24,21 +24,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-#define EXPECT_ERROR_CONTAINS(call, part)                        \
-  do {                                                           \
-    const std::string message = error_of([&] { call; });         \
-    EXPECT_NE(message.find(part), std::string::npos) << message; \
-  } while (0)
-
 constexpr uint64_t GB = 1000000000ull;
 constexpr uint64_t MB = 1000000ull;
 
@@ -309,7 +294,7 @@ TEST(Planner, AGpuThatCannotHoldTheFirstUnitIsSkippedWithANote) {
 
 TEST(Planner, AnImpossibleBudgetSaysHowMuchIsMissingAndWhere) {
   const auto& units = flux_dev().transformer;
-  const std::string message = error_of([&] {
+  const std::string message = test::error_of([&] {
     plan_model_placement(units, parse_max_memory({{"cuda:0", "8GB"}, {"cuda:1", "8GB"}}),
                          {PlacementStrategy::Auto, 500 * MB, "transformer"});
   });

@@ -19,21 +19,6 @@ FluxPipeline tiny_pipeline(FluxPipelineOptions options = {}) {
   return FluxPipeline::from_pretrained(test::tiny_flux_pipeline(), std::move(options));
 }
 
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-#define EXPECT_ERROR_CONTAINS(call, part)                        \
-  do {                                                           \
-    const std::string message = error_of([&] { call; });         \
-    EXPECT_NE(message.find(part), std::string::npos) << message; \
-  } while (0)
-
 }  // namespace
 
 TEST(FluxPipeline, FromThePromptAloneReproducesDiffusers) {

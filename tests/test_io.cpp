@@ -19,15 +19,6 @@ fs::path write_text(const fs::path& path, const std::string& text) {
   return path;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 }  // namespace
 
 TEST(Configs, ReadsTheTinyFluxPipelineConfigs) {
@@ -90,26 +81,26 @@ TEST(Configs, AbsentKeysTakeDiffusersDefaultsAndUnknownKeysAreIgnored) {
 TEST(Configs, AKeyOfTheWrongTypeNamesTheKeyAndTheFile) {
   const fs::path dir = test::temporary_folder("configs_wrong_type");
   const auto file = write_text(dir / "config.json", R"({"num_layers": "nineteen"})");
-  const std::string message = error_of([&] { FluxTransformerConfig::from_file(file); });
+  const std::string message = test::error_of([&] { FluxTransformerConfig::from_file(file); });
   EXPECT_NE(message.find("num_layers"), std::string::npos) << message;
   EXPECT_NE(message.find("config.json"), std::string::npos) << message;
   EXPECT_NE(message.find("integer"), std::string::npos) << message;
 
   const auto list = write_text(dir / "vae.json", R"({"block_out_channels": [8, "16"]})");
-  EXPECT_NE(error_of([&] { AutoencoderKLConfig::from_file(list); }).find("block_out_channels"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { AutoencoderKLConfig::from_file(list); }).find("block_out_channels"), std::string::npos);
   const auto flag = write_text(dir / "flag.json", R"({"guidance_embeds": 1})");
-  EXPECT_NE(error_of([&] { FluxTransformerConfig::from_file(flag); }).find("guidance_embeds"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { FluxTransformerConfig::from_file(flag); }).find("guidance_embeds"), std::string::npos);
 }
 
 TEST(Configs, BrokenFilesGiveErrors) {
   const fs::path dir = test::temporary_folder("configs_broken");
-  EXPECT_NE(error_of([&] { JsonConfig::load(dir / "absent.json"); }).find("absent.json"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { JsonConfig::load(dir / "absent.json"); }).find("absent.json"), std::string::npos);
   const auto bad = write_text(dir / "bad.json", "{ not json");
-  EXPECT_NE(error_of([&] { JsonConfig::load(bad); }).find("not valid JSON"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { JsonConfig::load(bad); }).find("not valid JSON"), std::string::npos);
   const auto index = write_text(dir / "model_index.json", R"({"_class_name": "FluxPipeline", "vae": "AutoencoderKL"})");
-  EXPECT_NE(error_of([&] { ModelIndex::from_file(index); }).find("'vae'"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { ModelIndex::from_file(index); }).find("'vae'"), std::string::npos);
   const auto rope = write_text(dir / "rope.json", R"({"attention_head_dim": 16, "axes_dims_rope": [4, 4, 4]})");
-  EXPECT_NE(error_of([&] { FluxTransformerConfig::from_file(rope); }).find("axes_dims_rope"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { FluxTransformerConfig::from_file(rope); }).find("axes_dims_rope"), std::string::npos);
 }
 
 TEST(Image, PngRoundTripsPixelsExactly) {

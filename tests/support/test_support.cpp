@@ -1,5 +1,6 @@
 #include "support/test_support.hpp"
 
+#include "diffuse/error.hpp"
 #include "diffuse/io/json_config.hpp"
 
 #include <cstdio>
@@ -56,6 +57,15 @@ c10::Device test_device() {
     at::globalContext().setAllowTF32CuBLAS(false);
   }
   return device;
+}
+
+std::string error_of(const std::function<void()>& call) {
+  try {
+    call();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 double relative_error(const at::Tensor& actual, const at::Tensor& expected) {

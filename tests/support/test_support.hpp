@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -32,6 +33,9 @@ c10::Device test_device();
 // max|actual - expected| / max|expected|, in float64, after moving both to the CPU.
 double relative_error(const at::Tensor& actual, const at::Tensor& expected);
 
+// The message of the diffuse::Error that `call` throws, or "(no error)".
+std::string error_of(const std::function<void()>& call);
+
 // Prints "[ measured ] what: max|a-b|/max|b| = ... (bitwise equal: yes|no)" and returns the error.
 double print_error(const char* what, const at::Tensor& actual, const at::Tensor& expected);
 
@@ -49,3 +53,9 @@ double print_error(const char* what, const at::Tensor& actual, const at::Tensor&
 
 #define EXPECT_TENSORS_CLOSE(actual, expected, tolerance) \
   EXPECT_TRUE(::diffuse::test::tensors_close((actual), (expected), (tolerance)))
+
+#define EXPECT_ERROR_CONTAINS(call, part)                                      \
+  do {                                                                         \
+    const std::string message_ = ::diffuse::test::error_of([&] { call; });     \
+    EXPECT_NE(message_.find(part), std::string::npos) << message_;             \
+  } while (0)
