@@ -140,12 +140,6 @@ std::vector<uint8_t> pixels_of(const diffuse_result* result, size_t index) {
   return std::vector<uint8_t>(view.pixels, view.pixels + view.size);
 }
 
-// Whether FluxPipelineOptions has the placement fields that the C options carry.
-template <typename Options>
-constexpr bool has_device_map = requires(Options o) { o.device_map = std::string(); };
-template <typename Options>
-constexpr bool has_max_memory = requires(Options o) { o.max_memory = std::map<std::string, std::string>(); };
-
 // Bitwise, or within 1e-6 where threads may order a reduction differently.
 // On the CPU the C and C++ paths give the same bits. On CUDA, cuDNN may choose another convolution
 // algorithm from one call to the next, so they agree to float32 rounding (and pixels within a level).
@@ -694,22 +688,33 @@ TEST(CApiErrors, CreateNamesWhatIsWrong) {
   expect_option_error([](auto& o) { o.struct_size = 8; }, DIFFUSE_ERROR_INVALID_ARGUMENT,
                       "smaller than the struct's first version");
   expect_option_error([](auto& o) { o.max_memory = "cuda:0"; }, DIFFUSE_ERROR_INVALID_ARGUMENT, "is not DEVICE=SIZE");
-  expect_option_error([](auto& o) { o.ring_degree = 2; }, DIFFUSE_ERROR_INVALID_ARGUMENT,
-                      "ring_degree 2: context parallelism is not supported yet");
+  // One process is a world of one: a degree of 2 does not fit it.
+  expect_option_error([](auto& o) { o.ring_degree = 2; }, DIFFUSE_ERROR_FAILED, "more than the world size 1");
   expect_option_error([](auto& o) { o.ulysses_degree = -1; }, DIFFUSE_ERROR_INVALID_ARGUMENT,
                       "ulysses_degree must be 0 or more");
-  // device_map and max_memory reach FluxPipelineOptions once it has them; until then they are refused.
-  if constexpr (!has_device_map<FluxPipelineOptions>)
-    expect_option_error([](auto& o) { o.device_map = "balanced"; }, DIFFUSE_ERROR_INVALID_ARGUMENT,
-                        "device_map 'balanced' is not supported yet");
-  else  // the library's own check of the value shows that it got there
-    expect_option_error([](auto& o) { o.device_map = "diagonal"; }, DIFFUSE_ERROR_FAILED, "diagonal");
-  if constexpr (!has_max_memory<FluxPipelineOptions>)
-    expect_option_error([](auto& o) { o.max_memory = "cpu=1GB"; }, DIFFUSE_ERROR_INVALID_ARGUMENT,
-                        "max_memory 'cpu=1GB' is not supported yet");
-  else
-    expect_option_error([](auto& o) { o.device_map = "balanced", o.max_memory = "cuda:0=lots"; }, DIFFUSE_ERROR_FAILED,
-                        "lots");
+  expect_option_error([](auto& o) { o.attention_backend = "fastest"; }, DIFFUSE_ERROR_INVALID_ARGUMENT,
+                      "unknown attention backend 'fastest'");
+  // The library's own check of the value shows that it got there.
+  expect_option_error([](auto& o) { o.device_map = "diagonal"; }, DIFFUSE_ERROR_FAILED, "diagonal");
+  expect_option_error([](auto& o) { o.device_map = "balanced", o.max_memory = "cuda:0=lots"; }, DIFFUSE_ERROR_FAILED,
+                      "lots");
+
+  // An older caller's smaller struct: init writes its bytes and not one past them.
+  struct Older {
+    unsigned char options[offsetof(diffuse_pipeline_options, ulysses_degree) + sizeof(int32_t)];
+    unsigned char guard[64];
+  } older;
+  std::memset(&older, 0xAB, sizeof older);
+  diffuse_pipeline_options_init_sized(reinterpret_cast<diffuse_pipeline_options*>(older.options), sizeof older.options);
+  EXPECT_EQ(reinterpret_cast<diffuse_pipeline_options*>(older.options)->struct_size, sizeof older.options);
+  for (unsigned char byte : older.guard) ASSERT_EQ(byte, 0xAB) << "init wrote past the caller's struct";
+  {
+    Pipeline from_older;
+    EXPECT_EQ(diffuse_pipeline_create(folder.c_str(), reinterpret_cast<diffuse_pipeline_options*>(older.options),
+                                      from_older.out()),
+              DIFFUSE_OK)
+        << diffuse_last_error();
+  }
 
   // A newer caller's larger struct: fine while the fields this library does not know are zero.
   struct Newer {

@@ -129,7 +129,9 @@ DIFFUSE_C_EXPORT diffuse_status diffuse_set_log_level(diffuse_log_level level);
 
 /* ---- Versioned structs ---------------------------------------------------------------------------
    Structs that may grow start with `struct_size`, which the caller sets to sizeof(the struct) as its
-   header declares it (the *_init functions do). The library reads only the fields that struct_size
+   header declares it. The *_init functions do: they are inline here, so they pass the caller's own
+   sizeof to the library's *_init_sized, which writes defaults into exactly that many bytes (never past
+   the end of an older, smaller struct). The library reads only the fields that struct_size
    covers, so a program built against an older header keeps working with a newer library; a newer
    program on an older library works as long as the fields the library does not know are zero. For
    structs the library fills (info, sizes), it writes only the fields that struct_size covers. */
@@ -152,13 +154,23 @@ typedef struct diffuse_pipeline_options {
   /* Memory budgets for device_map, "DEVICE=SIZE" pairs separated by commas:
      "cuda:0=16GB,cuda:1=16GB,cpu=64GB". NULL or "" for none. */
   const char* max_memory;
-  /* Context parallelism over the sequence (0 or 1: none). */
+  /* Context parallelism over each image's tokens (0 or 1: none; docs/context_parallel.md). Above 1, this
+     process is one rank of a world started by torchrun or diffuse-launch (RANK, WORLD_SIZE, LOCAL_RANK,
+     MASTER_ADDR, MASTER_PORT; the pipeline runs on cuda:LOCAL_RANK when device is "cuda"). Every rank
+     creates the pipeline with the same options and makes the same calls, with the same seed; rank 0
+     gets the images, the others the latents only (their image buffers are left as they were). */
   int32_t ring_degree;
   int32_t ulysses_degree;
+  /* The transformer's attention kernel: NULL or "" for "auto"; "math", "native", "flash", "efficient",
+     "cudnn" (the fused ones need CUDA). */
+  const char* attention_backend;
 } diffuse_pipeline_options;
 
 /* Defaults: float32 on the CPU, every component, no device map, no parallelism. */
-DIFFUSE_C_EXPORT void diffuse_pipeline_options_init(diffuse_pipeline_options* options);
+DIFFUSE_C_EXPORT void diffuse_pipeline_options_init_sized(diffuse_pipeline_options* options, size_t struct_size);
+static inline void diffuse_pipeline_options_init(diffuse_pipeline_options* options) {
+  diffuse_pipeline_options_init_sized(options, sizeof *options);
+}
 
 /* Loads the pipeline folder saved by diffusers (model_index.json and its component folders). `options`
    may be NULL for the defaults. On failure *out is NULL. */
@@ -178,6 +190,8 @@ typedef struct diffuse_pipeline_info {
   int32_t guidance_embeds;        /* 1 when the transformer takes guidance_scale (FLUX.1-dev) */
   char dtype[16];                 /* "float32", ... */
   char device[32];                /* "cpu", "cuda:0", ... */
+  int32_t parallel_rank;          /* this process's rank under context parallelism (0: gets images) */
+  int32_t parallel_world_size;    /* 1 without context parallelism */
 } diffuse_pipeline_info;
 
 DIFFUSE_C_EXPORT diffuse_status diffuse_pipeline_get_info(diffuse_pipeline* pipeline, diffuse_pipeline_info* info);
@@ -223,7 +237,10 @@ typedef struct diffuse_encode_request {
   int64_t max_sequence_length;   /* T5 tokens, at most 512; default 512 */
 } diffuse_encode_request;
 
-DIFFUSE_C_EXPORT void diffuse_encode_request_init(diffuse_encode_request* request);
+DIFFUSE_C_EXPORT void diffuse_encode_request_init_sized(diffuse_encode_request* request, size_t struct_size);
+static inline void diffuse_encode_request_init(diffuse_encode_request* request) {
+  diffuse_encode_request_init_sized(request, sizeof *request);
+}
 
 typedef struct diffuse_generate_request {
   size_t struct_size;
@@ -261,7 +278,10 @@ typedef struct diffuse_generate_request {
 
 /* diffusers' defaults: 28 steps, guidance 3.5, 1 image per prompt, max_sequence_length 512, image output,
    default size, random seed, no callback. */
-DIFFUSE_C_EXPORT void diffuse_generate_request_init(diffuse_generate_request* request);
+DIFFUSE_C_EXPORT void diffuse_generate_request_init_sized(diffuse_generate_request* request, size_t struct_size);
+static inline void diffuse_generate_request_init(diffuse_generate_request* request) {
+  diffuse_generate_request_init_sized(request, sizeof *request);
+}
 
 /* ---- Library-owned results --------------------------------------------------------------------- */
 
@@ -361,8 +381,14 @@ typedef struct diffuse_buffers {
   size_t pooled_prompt_embeds_count;
 } diffuse_buffers;
 
-DIFFUSE_C_EXPORT void diffuse_sizes_init(diffuse_sizes* sizes);
-DIFFUSE_C_EXPORT void diffuse_buffers_init(diffuse_buffers* buffers);
+DIFFUSE_C_EXPORT void diffuse_sizes_init_sized(diffuse_sizes* sizes, size_t struct_size);
+static inline void diffuse_sizes_init(diffuse_sizes* sizes) {
+  diffuse_sizes_init_sized(sizes, sizeof *sizes);
+}
+DIFFUSE_C_EXPORT void diffuse_buffers_init_sized(diffuse_buffers* buffers, size_t struct_size);
+static inline void diffuse_buffers_init(diffuse_buffers* buffers) {
+  diffuse_buffers_init_sized(buffers, sizeof *buffers);
+}
 
 /* Sizes of what the call would write, without running any model. */
 DIFFUSE_C_EXPORT diffuse_status diffuse_encode_sizes(diffuse_pipeline* pipeline, const diffuse_encode_request* request,

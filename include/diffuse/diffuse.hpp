@@ -14,6 +14,7 @@
 #include "diffuse/io/safetensors.hpp"
 #include "diffuse/log.hpp"
 #include "diffuse/models/attention.hpp"
+#include "diffuse/models/attention_backend.hpp"
 #include "diffuse/models/autoencoder_kl.hpp"
 #include "diffuse/models/clip_text_model.hpp"
 #include "diffuse/models/flux_transformer.hpp"

@@ -302,17 +302,17 @@ using namespace diffuse::c_api;
 
 extern "C" {
 
-void diffuse_encode_request_init(diffuse_encode_request* request) {
-  if (request != nullptr) *request = default_encode_request();
+void diffuse_encode_request_init_sized(diffuse_encode_request* request, size_t struct_size) {
+  init_versioned(request, struct_size, default_encode_request());
 }
-void diffuse_generate_request_init(diffuse_generate_request* request) {
-  if (request != nullptr) *request = default_generate_request();
+void diffuse_generate_request_init_sized(diffuse_generate_request* request, size_t struct_size) {
+  init_versioned(request, struct_size, default_generate_request());
 }
-void diffuse_sizes_init(diffuse_sizes* sizes) {
-  if (sizes != nullptr) *sizes = zeroed<diffuse_sizes>();
+void diffuse_sizes_init_sized(diffuse_sizes* sizes, size_t struct_size) {
+  init_versioned(sizes, struct_size, zeroed<diffuse_sizes>());
 }
-void diffuse_buffers_init(diffuse_buffers* buffers) {
-  if (buffers != nullptr) *buffers = zeroed<diffuse_buffers>();
+void diffuse_buffers_init_sized(diffuse_buffers* buffers, size_t struct_size) {
+  init_versioned(buffers, struct_size, zeroed<diffuse_buffers>());
 }
 
 // ---- encode -------------------------------------------------------------------------------------------

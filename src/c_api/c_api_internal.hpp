@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -15,13 +16,18 @@
 #include <vector>
 
 #include "diffuse/c_api.h"
+#include "diffuse/distributed/distributed.hpp"
 #include "diffuse/io/configs.hpp"
 #include "diffuse/io/image.hpp"
 #include "diffuse/pipelines/flux_pipeline.hpp"
 #include "diffuse/version.hpp"
 
 struct diffuse_pipeline {
-  explicit diffuse_pipeline(diffuse::FluxPipeline loaded) : pipe(std::move(loaded)) {}
+  diffuse_pipeline(std::unique_ptr<diffuse::Distributed> world, diffuse::FluxPipeline loaded)
+      : distributed(std::move(world)), pipe(std::move(loaded)) {}
+  // The process group under context parallelism (null without): declared first, so that it outlives
+  // the pipeline that uses its communicator.
+  std::unique_ptr<diffuse::Distributed> distributed;
   diffuse::FluxPipeline pipe;
   // Read at creation, so that sizes are known when the transformer is skipped.
   diffuse::FluxTransformerConfig transformer_config;
@@ -111,6 +117,18 @@ T read_versioned(const T* in, const T& defaults, size_t v1_size, const char* nam
   std::memcpy(static_cast<void*>(&out), in, std::min(size, sizeof(T)));
   out.struct_size = sizeof(T);
   return out;
+}
+
+// An *_init_sized function: `defaults` into the caller's struct of `struct_size` bytes (its own sizeof),
+// however that compares with this library's.
+template <typename T>
+void init_versioned(T* out, size_t struct_size, const T& defaults) {
+  if (out == nullptr || struct_size < sizeof(size_t)) return;
+  T full = defaults;
+  full.struct_size = struct_size;
+  std::memcpy(static_cast<void*>(out), &full, std::min(struct_size, sizeof(T)));
+  // A newer caller's fields, unknown here, start as zero.
+  if (struct_size > sizeof(T)) std::memset(reinterpret_cast<unsigned char*>(out) + sizeof(T), 0, struct_size - sizeof(T));
 }
 
 // Writes `full` into the caller's versioned struct, as much of it as the caller's struct_size covers.

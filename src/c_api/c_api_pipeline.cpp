@@ -42,29 +42,8 @@ std::map<std::string, std::string> parse_max_memory(const std::string& text) {
   return budgets;
 }
 
-// Placement options are wired when FluxPipelineOptions has them (they are being added); until then a
-// value is refused rather than ignored.
-template <typename Options>
-void set_device_map(Options& options, const std::string& device_map) {
-  if constexpr (requires(Options o, std::string s) { o.device_map = s; })
-    options.device_map = device_map;
-  else
-    invalid("device_map '" + device_map + "' is not supported yet by this version of diffuse");
-}
-
-template <typename Options>
-void set_max_memory(Options& options, const std::map<std::string, std::string>& budgets, const std::string& text) {
-  if constexpr (requires(Options o, std::map<std::string, std::string> m) { o.max_memory = m; })
-    options.max_memory = budgets;
-  else
-    invalid("max_memory '" + text + "' is not supported yet by this version of diffuse");
-}
-
 void check_parallel_degree(int32_t degree, const char* name) {
   if (degree < 0) invalid(std::string(name) + " must be 0 or more, got " + std::to_string(degree));
-  if (degree > 1)
-    invalid(std::string(name) + " " + std::to_string(degree) +
-            ": context parallelism is not supported yet by this version of diffuse (use 0 or 1)");
 }
 
 FluxPipelineOptions cpp_options(const diffuse_pipeline_options& o) {
@@ -89,10 +68,21 @@ FluxPipelineOptions cpp_options(const diffuse_pipeline_options& o) {
     if (o.skip[i] == nullptr) invalid("options->skip[" + std::to_string(i) + "] is NULL");
     options.skip.emplace_back(o.skip[i]);
   }
-  if (!empty(o.device_map)) set_device_map(options, o.device_map);
-  if (!empty(o.max_memory)) set_max_memory(options, parse_max_memory(o.max_memory), o.max_memory);
+  if (!empty(o.device_map)) options.device_map = o.device_map;
+  if (!empty(o.max_memory)) options.max_memory = parse_max_memory(o.max_memory);
   check_parallel_degree(o.ring_degree, "ring_degree");
   check_parallel_degree(o.ulysses_degree, "ulysses_degree");
+  if (o.ring_degree > 1 || o.ulysses_degree > 1)
+    options.parallel_config = ContextParallelConfig{.ring_degree = std::max(o.ring_degree, 1),
+                                                    .ulysses_degree = std::max(o.ulysses_degree, 1)};
+  if (!empty(o.attention_backend)) {
+    try {
+      parse_attention_backend(o.attention_backend);
+    } catch (const Error& e) {
+      invalid(e.what());
+    }
+    options.attention_backend = o.attention_backend;
+  }
   return options;
 }
 
@@ -130,8 +120,8 @@ using namespace diffuse::c_api;
 
 extern "C" {
 
-void diffuse_pipeline_options_init(diffuse_pipeline_options* options) {
-  if (options != nullptr) *options = default_options();
+void diffuse_pipeline_options_init_sized(diffuse_pipeline_options* options, size_t struct_size) {
+  init_versioned(options, struct_size, default_options());
 }
 
 diffuse_status diffuse_pipeline_create(const char* folder, const diffuse_pipeline_options* options,
@@ -151,7 +141,16 @@ diffuse_status diffuse_pipeline_create(const char* folder, const diffuse_pipelin
     if (!fs::exists(path / "model_index.json"))
       fail(DIFFUSE_ERROR_NOT_FOUND, "'" + path.string() + "' has no model_index.json (not a diffusers pipeline folder)");
 
-    auto pipeline = std::make_unique<diffuse_pipeline>(diffuse::FluxPipeline::from_pretrained(path, std::move(cpp)));
+    // Context parallelism: this process is one rank of the world its launcher describes; "cuda" means
+    // this rank's GPU.
+    std::unique_ptr<diffuse::Distributed> world;
+    if (cpp.parallel_config) {
+      world = std::make_unique<diffuse::Distributed>(diffuse::Distributed::init());
+      if (cpp.device == "cuda" && world->device().is_cuda()) cpp.device = world->device().str();
+      cpp.parallel_world = world->shared_communicator();
+    }
+    auto pipeline = std::make_unique<diffuse_pipeline>(
+        std::move(world), diffuse::FluxPipeline::from_pretrained(path, std::move(cpp)));
     pipeline->transformer_config =
         pipeline->pipe.has("transformer")
             ? pipeline->pipe.transformer()->config()
@@ -180,6 +179,8 @@ diffuse_status diffuse_pipeline_get_info(diffuse_pipeline* pipeline, diffuse_pip
     full.guidance_embeds = p.transformer_config.guidance_embeds ? 1 : 0;
     copy_name(full.dtype, sizeof full.dtype, diffuse::dtype_name(p.pipe.dtype()));
     copy_name(full.device, sizeof full.device, loaded_device(p.pipe));
+    full.parallel_rank = p.pipe.parallel_rank();
+    full.parallel_world_size = p.distributed ? p.distributed->world_size() : 1;
     write_versioned(info, full, kInfoV1, "info");
     return DIFFUSE_OK;
   });

@@ -283,6 +283,11 @@ Communicator& Distributed::communicator() {
   return *state_->world_communicator;
 }
 
+std::shared_ptr<Communicator> Distributed::shared_communicator() {
+  communicator();
+  return state_->world_communicator;
+}
+
 std::vector<std::string> Distributed::gather_to_main(const std::vector<std::string>& items) {
   // Small data: through the store, so it needs no communicator.
   const std::string key = "gather/" + std::to_string(state_->gathers++) + "/";

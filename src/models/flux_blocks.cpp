@@ -4,7 +4,6 @@
 #include <string>
 
 #include "diffuse/error.hpp"
-#include "diffuse/models/attention.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
 
 namespace diffuse {
@@ -61,10 +60,11 @@ at::Tensor FluxAttentionImpl::split_heads(const at::Tensor& x, RMSNorm& norm) co
 }
 
 at::Tensor FluxAttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  if (context_parallel)
-    return context_parallel_attention(q, k, v, *context_parallel, 1.0 / std::sqrt(static_cast<double>(q.size(-1))));
-  // Qualified: with libtorch 2.x, argument-dependent lookup would also find at::scaled_dot_product_attention.
-  return diffuse::scaled_dot_product_attention(q, k, v);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  if (settings->mesh)
+    return context_parallel_attention(q, k, v, *settings->mesh, scale,
+                                      {.backend = settings->backend, .lengths = settings->mesh_lengths});
+  return attention(q, k, v, scale, settings->backend);
 }
 
 FluxAttentionOutput FluxAttentionImpl::forward(const at::Tensor& hidden_states,

@@ -49,6 +49,9 @@ FluxTransformer2DModelImpl::FluxTransformer2DModelImpl(const FluxTransformerConf
   for (int64_t i = 0; i < config.num_single_layers; ++i)
     single_transformer_blocks->push_back(FluxSingleTransformerBlock(dim, heads, head_dim, options));
   register_module("single_transformer_blocks", single_transformer_blocks);
+  for (const auto& block : *transformer_blocks) block->as<FluxTransformerBlockImpl>()->attn->settings = attention_;
+  for (const auto& block : *single_transformer_blocks)
+    block->as<FluxSingleTransformerBlockImpl>()->attn->settings = attention_;
   norm_out = register_module("norm_out", AdaLayerNormContinuous(dim, dim, /*elementwise_affine=*/false, 1e-6, options));
   const int64_t out = config.patch_size * config.patch_size * config.out_channels;
   proj_out = register_module("proj_out", Linear(dim, out, /*bias=*/true, options));
@@ -103,21 +106,16 @@ RotaryEmbedding FluxTransformer2DModelImpl::rotary_embedding(const at::Tensor& t
                         kRopeTheta);
 }
 
-void FluxTransformer2DModelImpl::set_attention_mesh(const std::shared_ptr<const ContextParallelMesh>& mesh) {
-  for (const auto& block : *transformer_blocks) block->as<FluxTransformerBlockImpl>()->attn->context_parallel = mesh;
-  for (const auto& block : *single_transformer_blocks)
-    block->as<FluxSingleTransformerBlockImpl>()->attn->context_parallel = mesh;
-}
-
 void FluxTransformer2DModelImpl::enable_parallelism(const ContextParallelConfig& config,
                                                     std::shared_ptr<Communicator> world) {
   mesh_ = std::make_shared<const ContextParallelMesh>(std::move(world), config, config_.num_attention_heads);
-  set_attention_mesh(mesh_->active() ? mesh_ : nullptr);
+  attention_->mesh = mesh_->active() ? mesh_ : nullptr;
 }
 
 void FluxTransformer2DModelImpl::disable_parallelism() {
   mesh_.reset();
-  set_attention_mesh(nullptr);
+  attention_->mesh.reset();
+  attention_->mesh_lengths.clear();
 }
 
 at::Tensor FluxTransformer2DModelImpl::forward(const FluxTransformerInputs& in) {
@@ -126,13 +124,18 @@ at::Tensor FluxTransformer2DModelImpl::forward(const FluxTransformerInputs& in) 
   // Each rank keeps one contiguous shard of the image tokens and one of the text tokens (any counts);
   // attention is the only place tokens meet, and it sees every rank's keys.
   const int64_t parts = mesh_->degree(), index = mesh_->rank();
+  const std::vector<int64_t> image_shards = shard_sizes(in.hidden_states.size(1), parts);
+  const std::vector<int64_t> text_shards = shard_sizes(in.encoder_hidden_states.size(1), parts);
+  attention_->mesh_lengths.clear();
+  for (int64_t i = 0; i < parts; ++i)
+    attention_->mesh_lengths.push_back(text_shards[static_cast<size_t>(i)] + image_shards[static_cast<size_t>(i)]);
   FluxTransformerInputs local = in;
   local.hidden_states = take_shard(in.hidden_states, 1, parts, index);
   local.encoder_hidden_states = take_shard(in.encoder_hidden_states, 1, parts, index);
   local.img_ids = take_shard(drop_batch(in.img_ids), 0, parts, index);
   local.txt_ids = take_shard(drop_batch(in.txt_ids), 0, parts, index);
   at::Tensor out = forward_tokens(local);
-  return mesh_->group().all_gather(out.contiguous(), 1, shard_sizes(in.hidden_states.size(1), parts));
+  return mesh_->group().all_gather(out.contiguous(), 1, image_shards);
 }
 
 at::Tensor FluxTransformer2DModelImpl::forward_tokens(const FluxTransformerInputs& in) {

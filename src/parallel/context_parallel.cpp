@@ -12,19 +12,20 @@ namespace diffuse {
 namespace {
 
 // Every member's local sequence length (shards may be uneven), in member order.
-std::vector<int64_t> member_lengths(Communicator& comm, int64_t local) {
+std::vector<int64_t> exchange_lengths(Communicator& comm, int64_t local) {
   at::Tensor all = comm.all_gather(at::full({1}, local, at::TensorOptions(at::kLong).device(comm.device())), 0);
   all = all.cpu();
   return {all.data_ptr<int64_t>(), all.data_ptr<int64_t>() + all.numel()};
 }
 
 // Ring attention over `ring`: the K/V block held rotates one member forward per step; the transfer
-// of the next block is in flight while this rank attends to the current one.
+// of the next block is in flight while this rank attends to the current one. `lengths`: each ring
+// member's block length.
 at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, Communicator& ring,
-                          double scale, bool float32_merge) {
+                          double scale, const std::vector<int64_t>& lengths, AttentionBackend backend,
+                          bool float32_merge) {
   const int P = ring.size(), r = ring.rank();
-  const std::vector<int64_t> lengths = member_lengths(ring, k.size(2));
-  at::Tensor current = at::stack({k, v}, 0).contiguous();  // [2, batch, heads, seq, head_dim]
+  at::Tensor current = at::stack({k, v}, 0);  // [2, batch, heads, seq, head_dim], contiguous
   PartialAttention total;
   for (int step = 0; step < P; ++step) {
     at::Tensor next;
@@ -37,7 +38,7 @@ at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
       next = at::empty(shape, current.options());
       transfer = ring.send_recv(current, (r + 1) % P, next, (r - 1 + P) % P);
     }
-    merge_partial_attention(total, math_attention_with_lse(q, current[0], current[1], scale), float32_merge);
+    merge_partial_attention(total, attention_with_lse(q, current[0], current[1], scale, backend), float32_merge);
     if (step + 1 < P) {
       transfer.wait();
       current = next;
@@ -46,11 +47,15 @@ at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   return total.out.to(q.scalar_type());
 }
 
+// After the Ulysses exchange (or without one): attention over the ring, or alone.
 at::Tensor local_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const ContextParallelMesh& mesh,
-                           double scale) {
+                           double scale, const std::vector<int64_t>& ring_lengths, AttentionBackend backend) {
   const auto& ring = mesh.ring_group();
-  if (ring && ring->size() > 1) return ring_attention(q, k, v, *ring, scale, mesh.config().convert_to_fp32);
-  return math_attention_with_lse(q, k, v, scale).out.to(q.scalar_type());
+  if (ring && ring->size() > 1) {
+    const std::vector<int64_t> lengths = ring_lengths.empty() ? exchange_lengths(*ring, k.size(2)) : ring_lengths;
+    return ring_attention(q, k, v, *ring, scale, lengths, backend, mesh.config().convert_to_fp32);
+  }
+  return attention(q, k, v, scale, backend);
 }
 
 }  // namespace
@@ -76,23 +81,43 @@ Communicator& ContextParallelMesh::group() const {
 }
 
 at::Tensor context_parallel_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      const ContextParallelMesh& mesh, double scale) {
+                                      const ContextParallelMesh& mesh, double scale,
+                                      const ContextParallelAttentionOptions& options) {
   if (q.dim() != 4 || k.sizes() != v.sizes() || q.size(2) != k.size(2))
     throw Error("context_parallel_attention: q, k, v must be [batch, heads, seq, head_dim] with one length");
-  if (!mesh.active()) return math_attention_with_lse(q, k, v, scale).out.to(q.scalar_type());
-  const auto& ulysses = mesh.ulysses_group();
-  if (!ulysses || ulysses->size() == 1) return local_attention(q, k, v, mesh, scale);
+  if (!mesh.active()) return attention(q, k, v, scale, options.backend);
+  const int64_t U = mesh.config().ulysses_degree, R = mesh.config().ring_degree;
+  if (!options.lengths.empty()) {
+    if (static_cast<int64_t>(options.lengths.size()) != mesh.degree() ||
+        options.lengths[static_cast<size_t>(mesh.rank())] != q.size(2))
+      throw Error("context_parallel_attention: " + std::to_string(options.lengths.size()) +
+                  " lengths given for a mesh of " + std::to_string(mesh.degree()) + ", or this rank's (" +
+                  std::to_string(q.size(2)) + " tokens) is not among them at its place");
+  }
+  // Ring member i holds, after the Ulysses exchange, the tokens of Ulysses row i.
+  std::vector<int64_t> ring_lengths;
+  if (!options.lengths.empty())
+    for (int64_t i = 0; i < R; ++i) {
+      int64_t row = 0;
+      for (int64_t j = 0; j < U; ++j) row += options.lengths[static_cast<size_t>(i * U + j)];
+      ring_lengths.push_back(row);
+    }
+  if (U == 1) return local_attention(q, k, v, mesh, scale, ring_lengths, options.backend);
 
-  const int64_t U = ulysses->size(), heads = q.size(1);
+  const auto& ulysses = mesh.ulysses_group();
+  const int64_t heads = q.size(1);
   if (heads % U != 0)
     throw Error("context_parallel_attention: ulysses degree " + std::to_string(U) + " does not divide the " +
                 std::to_string(heads) + " heads");
-  const std::vector<int64_t> lengths = member_lengths(*ulysses, q.size(2));
+  const std::vector<int64_t> lengths =
+      options.lengths.empty() ? exchange_lengths(*ulysses, q.size(2))
+                              : std::vector<int64_t>(options.lengths.begin() + mesh.ring_index() * U,
+                                                     options.lengths.begin() + (mesh.ring_index() + 1) * U);
   const std::vector<int64_t> head_shares(static_cast<size_t>(U), heads / U);
   // One exchange for q, k and v: [3, batch, heads, seq, d] -> [3, batch, heads / U, all seq, d].
-  at::Tensor qkv = at::stack({q, k, v}, 0).contiguous();
+  at::Tensor qkv = at::stack({q, k, v}, 0);
   qkv = ulysses->all_to_all(qkv, /*scatter_dim=*/2, /*gather_dim=*/3, head_shares, lengths);
-  at::Tensor out = local_attention(qkv[0], qkv[1], qkv[2], mesh, scale);
+  at::Tensor out = local_attention(qkv[0], qkv[1], qkv[2], mesh, scale, ring_lengths, options.backend);
   // And back: sequence scattered to its owners, heads gathered.
   return ulysses->all_to_all(out.contiguous(), /*scatter_dim=*/2, /*gather_dim=*/1, lengths, head_shares);
 }

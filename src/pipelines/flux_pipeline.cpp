@@ -7,7 +7,9 @@
 #include <chrono>
 #include <random>
 
+#include "diffuse/distributed/communicator.hpp"
 #include "diffuse/error.hpp"
+#include "diffuse/models/attention_backend.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
 #include "diffuse/placement/device_memory.hpp"
@@ -163,8 +165,28 @@ FluxPipeline FluxPipeline::from_pretrained(const std::filesystem::path& folder, 
   if (c.vae.is_empty() && wanted("vae")) c.vae = load_autoencoder_kl(subfolder("vae"), dtype, device_for("vae"));
   if (!c.transformer.is_empty()) pipe.transformer_config_ = c.transformer->config();
   if (!c.vae.is_empty()) pipe.vae_config_ = c.vae->config();
+  if (!c.transformer.is_empty()) c.transformer->set_attention_backend(parse_attention_backend(options.attention_backend));
+  if (options.parallel_config) {
+    if (!options.parallel_world)
+      throw Error("FluxPipeline: parallel_config needs parallel_world, the communicator over the ranks "
+                  "(Distributed::init().shared_communicator())");
+    pipe.enable_parallelism(*options.parallel_config, options.parallel_world);
+  }
   return pipe;
 }
+
+void FluxPipeline::enable_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> world) {
+  if (!world) throw Error("FluxPipeline::enable_parallelism: no communicator given");
+  transformer()->enable_parallelism(config, world);
+  parallel_world_ = std::move(world);
+}
+
+void FluxPipeline::disable_parallelism() {
+  if (has("transformer")) transformer()->disable_parallelism();
+  parallel_world_.reset();
+}
+
+int FluxPipeline::parallel_rank() const { return parallel_world_ ? parallel_world_->rank() : 0; }
 
 bool FluxPipeline::has(const std::string& component) const {
   const FluxComponents& c = components_;
@@ -342,6 +364,15 @@ PromptEmbeddings FluxPipeline::encode_prompt(const EncodeRequest& request) {
   return out;
 }
 
+uint64_t FluxPipeline::shared_random_seed() {
+  const uint64_t mine = (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+  if (!parallel_world_) return mine;
+  // Every rank of a context-parallel call must start from the same noise: rank 0's seed.
+  at::Tensor seed = at::full({1}, static_cast<int64_t>(mine >> 1), at::TensorOptions(at::kLong));
+  seed = parallel_world_->broadcast(seed.to(parallel_world_->device()), /*root=*/0).cpu();
+  return static_cast<uint64_t>(seed.item<int64_t>());
+}
+
 at::Tensor FluxPipeline::draw_latents(const GenerateRequest& request, int64_t batch, int64_t height, int64_t width) {
   const int64_t channels = num_channels_latents_ * 4;
   const int64_t sequence = (height / vae_scale_factor_ / 2) * (width / vae_scale_factor_ / 2);
@@ -355,7 +386,7 @@ at::Tensor FluxPipeline::draw_latents(const GenerateRequest& request, int64_t ba
     return l.to(device, dtype_);
   }
   const at::Generator generator =
-      request.generator ? *request.generator : cpu_generator(request.seed.value_or(std::random_device{}()));
+      request.generator ? *request.generator : cpu_generator(request.seed.value_or(shared_random_seed()));
   return prepare_latents(batch, num_channels_latents_, height, width, vae_scale_factor_, dtype_, device, generator);
 }
 
@@ -490,7 +521,8 @@ GenerateOutput FluxPipeline::generate(const GenerateRequest& request) {
   out.times.denoise_seconds = seconds_since(stage);
 
   // ---- decode --------------------------------------------------------------------------------------
-  if (request.output_type != OutputType::Latent) {
+  // Under context parallelism every rank holds the same latents; rank 0 alone makes the image.
+  if (request.output_type != OutputType::Latent && parallel_rank() == 0) {
     stage = Clock::now();
     out.image_tensor = decode_latents(out.latents, height, width).to(at::kCPU);
     if (request.output_type == OutputType::Image) out.images = images_from_tensor(out.image_tensor);

@@ -65,6 +65,8 @@ class Distributed {
   // The communicator over all ranks, on device() (backend per DistributedOptions). Made on first use,
   // which is a collective: every rank must ask for it.
   Communicator& communicator();
+  // The same communicator, shared, for objects that keep it (a pipeline's context-parallel mesh).
+  std::shared_ptr<Communicator> shared_communicator();
 
   // This rank's contiguous share of items (Accelerate's semantics; see split.hpp).
   template <class T>

@@ -13,7 +13,9 @@
 #include <torch/nn/pimpl.h>
 
 #include <memory>
+#include <vector>
 
+#include "diffuse/models/attention_backend.hpp"
 #include "diffuse/models/embeddings.hpp"
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/normalization.hpp"
@@ -21,6 +23,17 @@
 namespace diffuse {
 
 class ContextParallelMesh;  // diffuse/parallel/context_parallel.hpp
+
+// How a model's attention runs. One object is shared by every FluxAttention of a transformer, which
+// sets it: the kernel, and under context parallelism the mesh and the sequence lengths of this call.
+struct AttentionSettings {
+  AttentionBackend backend = AttentionBackend::automatic;
+  // Null: attention over the tokens given. Else context_parallel_attention over this mesh.
+  std::shared_ptr<const ContextParallelMesh> mesh;
+  // Each mesh member's joint [text, image] shard length in the current call (the transformer knows
+  // them, so no rank has to ask the others).
+  std::vector<int64_t> mesh_lengths;
+};
 
 // diffusers' FeedForward(dim, dim_out, activation_fn="gelu-approximate"): net.0 is a GELU module
 // holding the up projection (net.0.proj), net.1 dropout (no parameters), net.2 the down projection.
@@ -58,9 +71,8 @@ class FluxAttentionImpl : public torch::nn::Module {
   at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
   int64_t heads, head_dim;
-  // Set by FluxTransformer2DModel::enable_parallelism: attend() then runs context_parallel_attention
-  // over this mesh on the rank's shard of the sequence. Null: plain attention.
-  std::shared_ptr<const ContextParallelMesh> context_parallel;
+  // The transformer replaces this with the one object all its attentions share.
+  std::shared_ptr<AttentionSettings> settings = std::make_shared<AttentionSettings>();
   Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
   RMSNorm norm_q{nullptr}, norm_k{nullptr};
   // Dual-stream form only (empty otherwise):

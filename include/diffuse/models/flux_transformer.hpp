@@ -56,6 +56,12 @@ class FluxTransformer2DModelImpl : public torch::nn::Module, public HookedModule
 
   const FluxTransformerConfig& config() const { return config_; }
 
+  // The kernel every attention of the model runs (diffusers' set_attention_backend): automatic picks
+  // cuDNN or flash on CUDA and the math path elsewhere. A named backend that cannot run the inputs
+  // fails at the first forward with a diffuse::Error naming it and why.
+  void set_attention_backend(AttentionBackend backend) { attention_->backend = backend; }
+  AttentionBackend attention_backend() const { return attention_->backend; }
+
   // Context parallelism: collective over `world` (every member calls it, with the same config). Then
   // forward is collective too: every rank passes the same full inputs, keeps its shard of the image
   // and text tokens (and their ids) for the blocks, attends through context_parallel_attention, and
@@ -77,8 +83,9 @@ class FluxTransformer2DModelImpl : public torch::nn::Module, public HookedModule
   void check_inputs(const FluxTransformerInputs& inputs) const;
   // forward on whatever tokens it is given (all of them, or this rank's shard).
   at::Tensor forward_tokens(const FluxTransformerInputs& inputs);
-  void set_attention_mesh(const std::shared_ptr<const ContextParallelMesh>& mesh);
   FluxTransformerConfig config_;
+  // Shared by every block's attention.
+  std::shared_ptr<AttentionSettings> attention_ = std::make_shared<AttentionSettings>();
   std::shared_ptr<const ContextParallelMesh> mesh_;
 };
 TORCH_MODULE(FluxTransformer2DModel);

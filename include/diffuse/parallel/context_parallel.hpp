@@ -16,8 +16,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <vector>
 
 #include "diffuse/distributed/communicator.hpp"
+#include "diffuse/models/attention_backend.hpp"
 #include "diffuse/parallel/context_parallel_config.hpp"
 
 namespace diffuse {
@@ -50,10 +52,20 @@ class ContextParallelMesh {
   int64_t rank_ = -1;
 };
 
+struct ContextParallelAttentionOptions {
+  // The kernel for each local attention (ring steps need its log-sum-exp; see attention_backend.hpp).
+  AttentionBackend backend = AttentionBackend::automatic;
+  // Every mesh member's local sequence length, in mesh-rank order, when the caller knows them (the
+  // transformer does: they follow from shard_sizes). Empty: exchanged by one all-gather per call, which
+  // also waits for the GPU; knowing them keeps the call free of host synchronization.
+  std::vector<int64_t> lengths;
+};
+
 // q, k, v: [batch, heads, local_seq, head_dim], this rank's tokens (local_seq may differ between
 // ranks). Returns [batch, heads, local_seq, head_dim] in q's dtype: softmax(q k^T * scale) v over the
 // keys of every rank of the mesh. Collective over the mesh. On an inactive mesh: plain attention.
 at::Tensor context_parallel_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      const ContextParallelMesh& mesh, double scale);
+                                      const ContextParallelMesh& mesh, double scale,
+                                      const ContextParallelAttentionOptions& options = {});
 
 }  // namespace diffuse

@@ -12,6 +12,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "diffuse/models/clip_text_model.hpp"
 #include "diffuse/models/flux_transformer.hpp"
 #include "diffuse/models/t5_encoder.hpp"
+#include "diffuse/parallel/context_parallel_config.hpp"
 #include "diffuse/pipelines/generate_request.hpp"
 #include "diffuse/placement/device_map.hpp"
 #include "diffuse/placement/load_model.hpp"
@@ -30,6 +32,8 @@
 #include "diffuse/tokenizers/t5_tokenizer.hpp"
 
 namespace diffuse {
+
+class Communicator;  // diffuse/distributed/communicator.hpp
 
 // The pipeline's parts under model_index.json's names. An empty one is absent (skipped, released or
 // not loaded yet).
@@ -56,6 +60,15 @@ struct FluxPipelineOptions {
   std::string device_map;
   // Budgets, e.g. {{"cuda:0", "16GB"}, {"cuda:1", "16GB"}}; empty: what the GPUs have available.
   MaxMemory max_memory;
+  // The transformer's attention kernel: "auto", "math", "native", "flash", "efficient", "cudnn"
+  // (models/attention_backend.hpp).
+  std::string attention_backend = "auto";
+  // Context parallelism for the transformer (diffusers' parallel_config; docs/context_parallel.md):
+  // every rank of `parallel_world` loads the same folder with the same options and makes the same
+  // calls. Each computes its shard of every image's tokens; rank 0 gets the images, every rank the
+  // latents.
+  std::optional<ContextParallelConfig> parallel_config;
+  std::shared_ptr<Communicator> parallel_world;  // e.g. Distributed::shared_communicator()
 };
 
 class FluxPipeline {
@@ -78,6 +91,16 @@ class FluxPipeline {
   // Moves every loaded model to `device`. A pipeline placed by a device_map must be reset first, and
   // offloading or a component's own device map removed first (remove_all_hooks); else diffuse::Error.
   void to(const std::string& device);
+
+  // ---- context parallelism -----------------------------------------------------------------------
+  // Collective over `world` (every rank calls it, with the same config): the transformer's attention
+  // is split over the mesh from then on (FluxTransformer2DModel::enable_parallelism). Generation is
+  // then collective too: every rank makes the same call; a request with neither seed, generator nor
+  // latents uses rank 0's random seed on every rank; only rank 0 decodes (the others return latents).
+  void enable_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> world);
+  void disable_parallelism();
+  // This process's rank in the parallel world (0 without one): rank 0 is the one that gets images.
+  int parallel_rank() const;
 
   // ---- placement ---------------------------------------------------------------------------------
   // Component -> device as device_map="balanced" placed them (diffusers' hf_device_map); empty when
@@ -117,6 +140,8 @@ class FluxPipeline {
  private:
   // The checks and reset that both offload modes start with.
   void start_offload(const char* what, const std::string& device);
+  // A fresh random seed; under context parallelism rank 0's, broadcast to every rank.
+  uint64_t shared_random_seed();
   at::Tensor draw_latents(const GenerateRequest& request, int64_t batch, int64_t height, int64_t width);
   at::Tensor denoise(const GenerateRequest& request, const PromptEmbeddings& embeddings, at::Tensor latents,
                      int64_t height, int64_t width, bool& interrupted);
@@ -135,6 +160,7 @@ class FluxPipeline {
   int64_t vae_scale_factor_ = 8;
   int64_t num_channels_latents_ = 16;
   DeviceMap device_map_;
+  std::shared_ptr<Communicator> parallel_world_;
   Offload offload_ = Offload::None;
   c10::Device offload_device_ = c10::kCPU;
 };
