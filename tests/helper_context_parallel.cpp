@@ -7,6 +7,7 @@
 //
 //   helper_context_parallel attention RING ULYSSES     context_parallel_attention, several lengths
 //   helper_context_parallel transformer RING ULYSSES   the tiny-flux transformer, fixture and uneven
+//   helper_context_parallel pipeline RING ULYSSES      a whole FluxPipeline call vs the fixture's latents
 //   helper_context_parallel config_errors              (4 ranks) bad configs are refused before any collective
 
 #include <ATen/ATen.h>
@@ -23,6 +24,7 @@
 #include "diffuse/parallel/context_parallel.hpp"
 #include "diffuse/parallel/partial_attention.hpp"
 #include "diffuse/parallel/sequence_shards.hpp"
+#include "diffuse/pipelines/flux_pipeline.hpp"
 #include "support/test_support.hpp"
 
 using namespace diffuse;
@@ -122,6 +124,43 @@ int run_transformer(const ContextParallelConfig& config) {
   return failures == 0 ? 0 : 1;
 }
 
+// The whole pipeline under context parallelism, as a user calls it: every rank loads the folder with
+// parallel_config and makes the fixture's call; every rank's latents match diffusers', rank 0 alone
+// gets the image. A second call without a seed must still agree over the ranks (rank 0's seed).
+int run_pipeline(const ContextParallelConfig& config) {
+  Distributed dist = Distributed::init();
+  FluxPipeline pipe = FluxPipeline::from_pretrained(
+      test::tiny_flux_pipeline(), {.parallel_config = config, .parallel_world = dist.shared_communicator()});
+  const SafetensorsFile& reference = test::tiny_flux_reference();
+  GenerateRequest request = test::reference_request();
+  std::vector<at::Tensor> steps;
+  request.callback = [&](const StepInfo& step) {
+    steps.push_back(step.latents.clone());
+    return true;
+  };
+  const GenerateOutput out = pipe.generate(request);
+  const std::string where = config.describe() + ", rank " + std::to_string(dist.rank());
+  for (size_t i = 0; i < steps.size(); ++i)
+    check_close(steps[i], reference.load("latents_after_step_" + std::to_string(i)), 1e-4,
+                where + ": latents after step " + std::to_string(i));
+  check_close(out.latents, reference.load("latents_final"), 1e-4, where + ": final latents vs diffusers");
+  const bool has_image = out.image_tensor.defined();
+  if (has_image != (dist.rank() == 0)) {
+    ++failures;
+    std::cout << "FAIL " << where << (has_image ? " decoded an image" : " has no image") << std::endl;
+  }
+  if (has_image) check_close(out.image_tensor, reference.load("pipeline_output_pt"), 1e-4, where + ": image vs diffusers");
+
+  request.seed.reset();
+  request.callback = nullptr;
+  request.output_type = OutputType::Latent;
+  request.num_inference_steps = 1;
+  const at::Tensor random_start = pipe.generate(request).latents;
+  const at::Tensor on_rank_0 = dist.communicator().broadcast(random_start.contiguous(), 0);
+  check_close(random_start, on_rank_0, 0, where + ": unseeded call agrees with rank 0");
+  return failures == 0 ? 0 : 1;
+}
+
 // Each bad config must be refused with a message that says why; nothing collective runs before.
 int run_config_errors() {
   Distributed dist = Distributed::init();
@@ -154,8 +193,9 @@ int main(int argc, char** argv) {
   try {
     if (scenario == "attention" && argc > 3) return run_attention(config_from(argv[2], argv[3]));
     if (scenario == "transformer" && argc > 3) return run_transformer(config_from(argv[2], argv[3]));
+    if (scenario == "pipeline" && argc > 3) return run_pipeline(config_from(argv[2], argv[3]));
     if (scenario == "config_errors") return run_config_errors();
-    std::cerr << "usage: helper_context_parallel attention|transformer RING ULYSSES | config_errors\n";
+    std::cerr << "usage: helper_context_parallel attention|transformer|pipeline RING ULYSSES | config_errors\n";
     return 2;
   } catch (const Error& e) {
     std::cout << "error: " << e.what() << std::endl;
