@@ -94,17 +94,26 @@ RotaryEmbedding flux_pos_embed(const at::Tensor& ids, const std::vector<int64_t>
     cos.push_back(one.cos);
     sin.push_back(one.sin);
   }
-  return {at::cat(cos, -1), at::cat(sin, -1)};
+  at::Tensor all_cos = at::cat(cos, -1), all_sin = at::cat(sin, -1);
+  return {all_cos, all_sin, rotary_phasor(all_cos, all_sin)};
+}
+
+at::Tensor rotary_phasor(const at::Tensor& cos, const at::Tensor& sin) {
+  using at::indexing::Slice;
+  const at::Tensor pairs = at::stack({cos.index({Slice(), Slice(0, at::indexing::None, 2)}),
+                                      sin.index({Slice(), Slice(0, at::indexing::None, 2)})},
+                                     -1);
+  return at::view_as_complex(pairs.to(at::kFloat).contiguous());
 }
 
 at::Tensor apply_rotary_emb(const at::Tensor& x, const RotaryEmbedding& rotary) {
-  // Channels (2i, 2i+1) are the real and imaginary parts of one complex number; multiplying by
-  // cos + i sin is x * cos + rotated * sin with rotated = (-imag, real) in each pair.
-  at::Tensor pairs = x.reshape({x.size(0), x.size(1), x.size(2), -1, 2});
-  at::Tensor real = pairs.select(-1, 0), imag = pairs.select(-1, 1);
-  at::Tensor rotated = at::stack({-imag, real}, -1).flatten(3);
-  at::Tensor out = x.to(at::kFloat) * rotary.cos + rotated.to(at::kFloat) * rotary.sin;
-  return out.to(x.scalar_type());
+  // Channels (2i, 2i+1) are the real and imaginary parts of one complex number, turned by e^(i angle).
+  const at::Tensor phasor = rotary.phasor.defined() ? rotary.phasor : rotary_phasor(rotary.cos, rotary.sin);
+  std::vector<int64_t> pairs = x.sizes().vec();
+  pairs.back() /= 2;
+  pairs.push_back(2);
+  const at::Tensor turned = at::view_as_complex(x.to(at::kFloat).reshape(pairs)) * phasor;
+  return at::view_as_real(turned).flatten(-2).to(x.scalar_type());
 }
 
 }  // namespace diffuse

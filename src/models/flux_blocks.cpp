@@ -29,9 +29,7 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t mult, con
   register_module("net", net);
 }
 
-at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
-  return proj_out(at::gelu(proj_in(x), "tanh"));
-}
+at::Tensor FeedForwardImpl::forward(const at::Tensor& x) { return proj_out(linear_gelu_tanh(*proj_in, x)); }
 
 FluxAttentionImpl::FluxAttentionImpl(int64_t dim, int64_t heads_, int64_t head_dim_, bool added_kv,
                                      const at::TensorOptions& options)
@@ -117,11 +115,13 @@ FluxBlockOutput FluxTransformerBlockImpl::forward(const at::Tensor& hidden_state
   AdaLayerNormZeroOutput text = norm1_context(encoder_hidden_states, temb);
   FluxAttentionOutput attention = attn(image.hidden_states, text.hidden_states, rotary);
 
-  at::Tensor x = hidden_states + image.gate_msa.unsqueeze(1) * attention.hidden_states;
-  x = x + image.gate_mlp.unsqueeze(1) * ff(modulate(norm2(x), image.shift_mlp, image.scale_mlp));
+  // Gated residuals as one addcmul each (x + gate * branch).
+  at::Tensor x = at::addcmul(hidden_states, image.gate_msa.unsqueeze(1), attention.hidden_states);
+  x = at::addcmul(x, image.gate_mlp.unsqueeze(1), ff(modulated_layer_norm(*norm2, x, image.shift_mlp, image.scale_mlp)));
 
-  at::Tensor c = encoder_hidden_states + text.gate_msa.unsqueeze(1) * attention.encoder_hidden_states;
-  c = c + text.gate_mlp.unsqueeze(1) * ff_context(modulate(norm2_context(c), text.shift_mlp, text.scale_mlp));
+  at::Tensor c = at::addcmul(encoder_hidden_states, text.gate_msa.unsqueeze(1), attention.encoder_hidden_states);
+  c = at::addcmul(c, text.gate_mlp.unsqueeze(1),
+                  ff_context(modulated_layer_norm(*norm2_context, c, text.shift_mlp, text.scale_mlp)));
   return {clip_float16(c), x};
 }
 
@@ -140,9 +140,9 @@ FluxBlockOutput FluxSingleTransformerBlockImpl::forward(const at::Tensor& hidden
   const int64_t text_len = encoder_hidden_states.size(1);
   at::Tensor residual = at::cat({encoder_hidden_states, hidden_states}, /*dim=*/1);
   AdaLayerNormZeroSingleOutput normed = norm(residual, temb);
-  at::Tensor mlp = at::gelu(proj_mlp(normed.hidden_states), "tanh");
+  at::Tensor mlp = linear_gelu_tanh(*proj_mlp, normed.hidden_states);
   at::Tensor attention = attn(normed.hidden_states, at::Tensor(), rotary).hidden_states;
-  at::Tensor x = residual + normed.gate.unsqueeze(1) * proj_out(at::cat({attention, mlp}, /*dim=*/2));
+  at::Tensor x = at::addcmul(residual, normed.gate.unsqueeze(1), proj_out(at::cat({attention, mlp}, /*dim=*/2)));
   x = clip_float16(x);
   return {x.narrow(1, 0, text_len), x.narrow(1, text_len, x.size(1) - text_len)};
 }

@@ -28,7 +28,7 @@ at::Tensor drop_batch(const at::Tensor& ids) { return ids.dim() == 3 ? ids.selec
 
 // A block's rotary embedding follows it to its device (found by run_unit through argument-dependent lookup).
 static RotaryEmbedding to_unit_device(const RotaryEmbedding& rotary, c10::Device device) {
-  return {rotary.cos.to(device), rotary.sin.to(device)};
+  return {rotary.cos.to(device), rotary.sin.to(device), rotary.phasor.defined() ? rotary.phasor.to(device) : at::Tensor()};
 }
 
 FluxTransformer2DModelImpl::FluxTransformer2DModelImpl(const FluxTransformerConfig& config,

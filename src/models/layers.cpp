@@ -1,5 +1,7 @@
 #include "diffuse/models/layers.hpp"
 
+#include <torch/version.h>
+
 #include <ATen/core/Generator.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -14,6 +16,18 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool has_bias,
 }
 
 at::Tensor LinearImpl::forward(const at::Tensor& input) { return at::linear(input, weight, bias); }
+
+at::Tensor linear_gelu_tanh(LinearImpl& linear, const at::Tensor& x) {
+#if TORCH_VERSION_MAJOR >= 2
+  if (x.is_cuda() && linear.bias.defined() && x.scalar_type() != at::kFloat) {
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = linear.weight.size(0);
+    const at::Tensor rows = x.reshape({-1, x.size(-1)});
+    return at::_addmm_activation(linear.bias, rows, linear.weight.t(), 1, 1, /*use_gelu=*/true).view(shape);
+  }
+#endif
+  return at::gelu(linear.forward(x), "tanh");
+}
 
 LayerNormImpl::LayerNormImpl(int64_t dim_, double eps_, bool elementwise_affine, bool has_bias,
                              const at::TensorOptions& options)
@@ -34,6 +48,11 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, bool elementwise_affine, cons
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& input) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  // One fused kernel on CUDA (float32 inside, one rounding at the end).
+  if (input.is_cuda() && weight.defined() && weight.scalar_type() == input.scalar_type())
+    return at::rms_norm(input, {input.size(-1)}, weight, eps);
+#endif
   const auto input_dtype = input.scalar_type();
   at::Tensor variance = input.to(at::kFloat).pow(2).mean(-1, /*keepdim=*/true);
   at::Tensor hidden = input * at::rsqrt(variance + eps);

@@ -63,7 +63,13 @@ TORCH_MODULE(CombinedTimestepTextProjEmbeddings);
 struct RotaryEmbedding {
   at::Tensor cos;
   at::Tensor sin;
+  // The same angles as complex64 e^(i angle), [seq, head_dim / 2], one per channel pair: applying it is
+  // one complex product (flux_pos_embed fills it; apply_rotary_emb makes it from cos/sin otherwise).
+  at::Tensor phasor;
 };
+
+// cos/sin [seq, head_dim] (each frequency twice) -> e^(i angle) [seq, head_dim / 2] complex64.
+at::Tensor rotary_phasor(const at::Tensor& cos, const at::Tensor& sin);
 
 // diffusers' get_1d_rotary_pos_embed(use_real=True, repeat_interleave_real=True) for positions
 // `pos` [seq]: angles pos * theta^(-2i/dim) in float64 (FLUX's freqs_dtype), then cos/sin cast to float32.
@@ -76,7 +82,8 @@ RotaryEmbedding flux_pos_embed(const at::Tensor& ids, const std::vector<int64_t>
 
 // diffusers' apply_rotary_emb(use_real=True, use_real_unbind_dim=-1): x [batch, heads, seq, head_dim]
 // with channel pairs (2i, 2i+1) rotated as complex numbers by the embedding's angles. The products are
-// taken in float32 and the result returned in x's dtype.
+// taken in float32 (one complex64 product: the same sums as diffusers' real form) and the result
+// returned in x's dtype.
 at::Tensor apply_rotary_emb(const at::Tensor& x, const RotaryEmbedding& rotary);
 
 }  // namespace diffuse

@@ -21,6 +21,10 @@ class LinearImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Linear);
 
+// gelu(linear(x), approximate="tanh"). On CUDA with libtorch 2.x the activation is the GEMM's own
+// epilogue (cuBLASLt GELU_BIAS, the tanh form), saving a pass over the widest activation of a block.
+at::Tensor linear_gelu_tanh(LinearImpl& linear, const at::Tensor& x);
+
 class LayerNormImpl : public torch::nn::Module {
  public:
   // elementwise_affine=false gives diffusers' LayerNorm(..., elementwise_affine=False) (no parameters).
