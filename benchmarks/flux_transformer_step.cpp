@@ -51,7 +51,7 @@
 #include "diffuse/error.hpp"
 #include "diffuse/models/flux_transformer.hpp"
 #include "diffuse/models/layers.hpp"
-#include "diffuse/parallel/context_parallel_config.hpp"
+#include "diffuse/parallel/context_parallel.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/random_pipeline.hpp"
 
@@ -83,6 +83,8 @@ after each resolution, so a run cut short keeps what it finished).
   --json PATH                  write the results there (rank 0, atomically)
   --count-only                 print each resolution's tokens and FLOPs per call, build nothing
   --attention-backend NAME     auto, math, native, flash, efficient, cudnn (default auto)
+  --check                      with context parallelism: also run each size on every rank alone and
+                               report the parallel output's relative error against it
   --trace DIR                  after timing, profile 2 more calls per resolution and write a Chrome
                                trace (Kineto: every kernel with its time) to DIR/trace_HxW_rankR.json
   --help                       this text
@@ -138,6 +140,7 @@ struct Arguments {
   bool count_only = false;
   std::string attention_backend = "auto";
   std::string trace;  // folder for a profiler trace of each resolution (CUDA, libtorch 2.x)
+  bool check = false;
 };
 
 Arguments parse(int argc, char** argv) {
@@ -182,6 +185,7 @@ Arguments parse(int argc, char** argv) {
     else if (flag == "--count-only") a.count_only = true;
     else if (flag == "--attention-backend") a.attention_backend = value();
     else if (flag == "--trace") a.trace = value();
+    else if (flag == "--check") a.check = true;
     else usage_error("unknown option '" + flag + "' (see --help)");
   }
   if (a.text_tokens < 1) usage_error("--text-tokens must be at least 1");
@@ -362,6 +366,8 @@ struct Result {
   std::vector<double> peak_allocated_gb, peak_reserved_gb;  // per rank
   double output_std = 0;
   bool output_finite = true;
+  // --check: max|parallel - one GPU| / max|one GPU| over the output, on the worst rank (-1: not checked).
+  double check_error = -1;
 };
 
 struct Run {
@@ -419,7 +425,8 @@ std::string to_json(const Run& run) {
         << ",\n     \"peak_allocated_gb_per_rank\": " << json_numbers(r.peak_allocated_gb)
         << ", \"peak_reserved_gb_per_rank\": " << json_numbers(r.peak_reserved_gb)
         << ",\n     \"output_std\": " << json_number(r.output_std)
-        << ", \"output_finite\": " << (r.output_finite ? "true" : "false") << "}";
+        << ", \"output_finite\": " << (r.output_finite ? "true" : "false")
+        << ", \"check_error_vs_one_gpu\": " << json_number(r.check_error) << "}";
   }
   out << "\n  ]\n}\n";
   return out.str();
@@ -590,18 +597,28 @@ int run(const Arguments& args) {
     const at::Tensor out = output.to(at::kFloat);
     result.output_finite = out.isfinite().all().item<bool>();
     result.output_std = out.std().item<double>();
+    double check_error = -1;
+    if (args.check && world) {
+      // The same inputs through the same weights on this GPU alone: what one GPU would give.
+      const diffuse::ContextParallelConfig parallel = model->parallel_mesh()->config();
+      model->disable_parallelism();
+      const at::Tensor alone = model->forward(inputs).to(at::kFloat);
+      model->enable_parallelism(parallel, std::shared_ptr<diffuse::Communicator>(world, [](diffuse::Communicator*) {}));
+      check_error = ((out - alone).abs().max() / alone.abs().max()).item<double>();
+    }
 
     // Rank 0 collects every rank's step times and peaks.
     std::ostringstream line;
-    line << std::setprecision(9) << peak.allocated_gb << " " << peak.reserved_gb;
+    line << std::setprecision(9) << check_error << " " << peak.allocated_gb << " " << peak.reserved_gb;
     for (double ms : mine) line << " " << ms;
     const std::vector<std::string> lines = dist.gather_to_main(std::vector<std::string>{line.str()});
     if (!main_rank) continue;
     result.step_ms.assign(static_cast<size_t>(result.steps), 0.0);
     for (const std::string& text : lines) {
       std::istringstream in(text);
-      double allocated = 0, reserved = 0;
-      in >> allocated >> reserved;
+      double check = 0, allocated = 0, reserved = 0;
+      in >> check >> allocated >> reserved;
+      result.check_error = std::max(result.check_error, check);
       result.peak_allocated_gb.push_back(allocated);
       result.peak_reserved_gb.push_back(reserved);
       for (double& slowest : result.step_ms) {
@@ -624,6 +641,8 @@ int run(const Arguments& args) {
                                          " GiB reserved (largest rank)"
                                    : std::string())
               << "; output std " << fixed(result.output_std, 3) << (result.output_finite ? "" : " NOT FINITE")
+              << (result.check_error >= 0 ? "; vs one GPU: max relative error " + significant(result.check_error)
+                                          : std::string())
               << std::endl;
     if (!result.output_finite)
       std::cerr << "flux_transformer_step: warning: the output at " << resolution.height << "x" << resolution.width
