@@ -51,6 +51,9 @@ std::shared_ptr<Communicator> world_of(Distributed& dist) {
   return std::shared_ptr<Communicator>(&dist.communicator(), [](Communicator*) {});
 }
 
+// Where this rank computes: its own GPU when the tests run on CUDA (DIFFUSE_TEST_DEVICE=cuda), else the CPU.
+c10::Device rank_device(Distributed& dist) { return test::test_device().is_cuda() ? dist.device() : c10::Device(at::kCPU); }
+
 ContextParallelConfig config_from(const char* ring, const char* ulysses) {
   ContextParallelConfig config;
   config.ring_degree = std::stoll(ring);
@@ -73,9 +76,11 @@ int run_attention(const ContextParallelConfig& config) {
                                       .matmul(v.to(at::kDouble));
       // Ranks outside the mesh (a mesh smaller than the world) hold the whole sequence.
       const int64_t parts = mesh.active() ? mesh.degree() : 1, index = mesh.active() ? mesh.rank() : 0;
-      const at::Tensor out = context_parallel_attention(take_shard(q, 2, parts, index).contiguous(),
-                                                        take_shard(k, 2, parts, index).contiguous(),
-                                                        take_shard(v, 2, parts, index).contiguous(), mesh, scale);
+      const c10::Device device = rank_device(dist);
+      const at::Tensor out = context_parallel_attention(take_shard(q, 2, parts, index).contiguous().to(device),
+                                                        take_shard(k, 2, parts, index).contiguous().to(device),
+                                                        take_shard(v, 2, parts, index).contiguous().to(device), mesh,
+                                                        scale);
       if (out.scalar_type() != dtype) {
         ++failures;
         std::cout << "FAIL output dtype " << out.scalar_type() << std::endl;
@@ -87,22 +92,23 @@ int run_attention(const ContextParallelConfig& config) {
   return failures == 0 ? 0 : 1;
 }
 
-FluxTransformerInputs reference_inputs() {
+FluxTransformerInputs reference_inputs(c10::Device device) {
   const SafetensorsFile& ref = test::tiny_flux_reference();
-  return {.hidden_states = ref.load("latents_init", at::kFloat, at::kCPU),
-          .encoder_hidden_states = ref.load("prompt_embeds", at::kFloat, at::kCPU),
-          .pooled_projections = ref.load("pooled_prompt_embeds", at::kFloat, at::kCPU),
-          .timestep = ref.load("transformer_timestep_step0", at::kFloat, at::kCPU),
-          .img_ids = ref.load("latent_image_ids", at::kFloat, at::kCPU),
-          .txt_ids = ref.load("text_ids", at::kFloat, at::kCPU),
-          .guidance = ref.load("transformer_guidance", at::kFloat, at::kCPU)};
+  return {.hidden_states = ref.load("latents_init", at::kFloat, device),
+          .encoder_hidden_states = ref.load("prompt_embeds", at::kFloat, device),
+          .pooled_projections = ref.load("pooled_prompt_embeds", at::kFloat, device),
+          .timestep = ref.load("transformer_timestep_step0", at::kFloat, device),
+          .img_ids = ref.load("latent_image_ids", at::kFloat, device),
+          .txt_ids = ref.load("text_ids", at::kFloat, device),
+          .guidance = ref.load("transformer_guidance", at::kFloat, device)};
 }
 
 int run_transformer(const ContextParallelConfig& config) {
   Distributed dist = Distributed::init();
   at::NoGradGuard no_grad;
-  auto model = load_flux_transformer(test::tiny_flux_pipeline() / "transformer", at::kFloat, at::kCPU);
-  const FluxTransformerInputs inputs = reference_inputs();
+  const c10::Device device = rank_device(dist);
+  auto model = load_flux_transformer(test::tiny_flux_pipeline() / "transformer", at::kFloat, device);
+  const FluxTransformerInputs inputs = reference_inputs(device);
   // Uneven token counts: 15 image tokens and 29 text tokens (over 4 ranks: 4 4 4 3 and 8 7 7 7).
   FluxTransformerInputs uneven = inputs;
   uneven.hidden_states = inputs.hidden_states.narrow(1, 0, 15);
@@ -129,8 +135,10 @@ int run_transformer(const ContextParallelConfig& config) {
 // gets the image. A second call without a seed must still agree over the ranks (rank 0's seed).
 int run_pipeline(const ContextParallelConfig& config) {
   Distributed dist = Distributed::init();
-  FluxPipeline pipe = FluxPipeline::from_pretrained(
-      test::tiny_flux_pipeline(), {.parallel_config = config, .parallel_world = dist.shared_communicator()});
+  FluxPipeline pipe = FluxPipeline::from_pretrained(test::tiny_flux_pipeline(),
+                                                    {.device = rank_device(dist).str(),
+                                                     .parallel_config = config,
+                                                     .parallel_world = dist.shared_communicator()});
   const SafetensorsFile& reference = test::tiny_flux_reference();
   GenerateRequest request = test::reference_request();
   std::vector<at::Tensor> steps;

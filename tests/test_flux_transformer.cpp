@@ -198,3 +198,39 @@ TEST(TimestepEmbedding, IsCosThenSinWithGeometricFrequencies) {
   EXPECT_NEAR(e[1][5].item<double>(), std::sin(500.0 * std::exp(-std::log(10000.0) / 4)), 1e-4);
   EXPECT_THROW(timestep_embedding(at::zeros({2, 1}), 8, true, 0), Error);
 }
+
+// On CUDA in bfloat16 with head_dim 128 (FLUX.1's), attention prepares q and k with one fused kernel
+// (RMSNorm per head and rotary, straight into the joint buffer). It must give what the composition of
+// ATen operations gives, for both block forms, and the float32 math path within bf16 rounding.
+TEST(FluxAttention, FusedNormAndRotaryMatchTheComposition) {
+  const c10::Device device = test::test_device();
+  if (!device.is_cuda()) GTEST_SKIP() << "the fused kernel runs on CUDA (DIFFUSE_TEST_DEVICE=cuda)";
+  at::NoGradGuard no_grad;
+  const int64_t heads = 4, head_dim = 128, dim = heads * head_dim;
+  for (bool dual : {true, false}) {
+    FluxAttention attention(dim, heads, head_dim, /*added_kv=*/dual, at::TensorOptions(at::kFloat).device(device));
+    init_random_parameters(*attention, 11);
+    // RMSNorm weights away from 1, so that a missing weight would show.
+    for (auto& p : attention->named_parameters())
+      if (p.key().find("norm") != std::string::npos) p.value().uniform_(0.5, 1.5);
+    at::manual_seed(3);
+    const at::Tensor image = at::randn({2, 37, dim}, at::TensorOptions(device));
+    const at::Tensor text = dual ? at::randn({2, 9, dim}, at::TensorOptions(device)) : at::Tensor();
+    const int64_t total = 37 + (dual ? 9 : 0);
+    const at::Tensor ids = at::randint(0, 64, {total, 3}, at::TensorOptions(device).dtype(at::kFloat));
+    const RotaryEmbedding rotary = flux_pos_embed(ids, {16, 56, 56});
+    const RotaryEmbedding without_phasor{rotary.cos, rotary.sin, at::Tensor()};
+
+    const FluxAttentionOutput exact = attention(image, text, without_phasor);  // float32, composed
+    attention->to(at::kBFloat16);
+    const at::Tensor image16 = image.to(at::kBFloat16), text16 = dual ? text.to(at::kBFloat16) : at::Tensor();
+    const FluxAttentionOutput fused = attention(image16, text16, rotary);
+    const FluxAttentionOutput composed = attention(image16, text16, without_phasor);
+    SCOPED_TRACE(dual ? "dual-stream" : "single-stream");
+    EXPECT_TENSORS_CLOSE(fused.hidden_states, composed.hidden_states, 1e-2);
+    EXPECT_TENSORS_CLOSE(fused.hidden_states, exact.hidden_states, 2e-2);
+    test::print_error(dual ? "fused vs composed, dual" : "fused vs composed, single", fused.hidden_states,
+                      composed.hidden_states);
+    if (dual) EXPECT_TENSORS_CLOSE(fused.encoder_hidden_states, composed.encoder_hidden_states, 1e-2);
+  }
+}

@@ -5,6 +5,7 @@
 
 #include "diffuse/error.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
+#include "models/qk_norm_rope.hpp"
 
 namespace diffuse {
 namespace {
@@ -72,6 +73,8 @@ FluxAttentionOutput FluxAttentionImpl::forward(const at::Tensor& hidden_states,
   if (dual != encoder_hidden_states.defined())
     throw Error(dual ? "FluxAttention: the dual-stream attention needs encoder_hidden_states"
                      : "FluxAttention: the single-stream attention takes no encoder_hidden_states");
+  if (rotary.phasor.defined() && fused_qk_norm_rope_available(hidden_states, head_dim))
+    return forward_fused(hidden_states, encoder_hidden_states, rotary);
   at::Tensor q = split_heads(to_q(hidden_states), norm_q);
   at::Tensor k = split_heads(to_k(hidden_states), norm_k);
   at::Tensor v = to_v(hidden_states).view({hidden_states.size(0), hidden_states.size(1), -1, head_dim}).transpose(1, 2);
@@ -94,6 +97,40 @@ FluxAttentionOutput FluxAttentionImpl::forward(const at::Tensor& hidden_states,
   at::Tensor text = out.narrow(1, 0, text_len);
   at::Tensor image = out.narrow(1, text_len, out.size(1) - text_len);
   return {to_out[0]->as<LinearImpl>()->forward(image), to_add_out(text)};
+}
+
+// On CUDA: q, k and v of the joint sequence [text, image] go straight into one [batch, tokens, heads,
+// head_dim] buffer each (norm and rotary in one kernel for q and k), so no concatenation and no
+// transposition copies; attention reads them as [batch, heads, tokens, head_dim] views, and cuDNN
+// writes its output in the same layout, so the heads merge back without a copy either.
+FluxAttentionOutput FluxAttentionImpl::forward_fused(const at::Tensor& hidden_states,
+                                                     const at::Tensor& encoder_hidden_states,
+                                                     const RotaryEmbedding& rotary) {
+  const bool dual = encoder_hidden_states.defined();
+  const int64_t batch = hidden_states.size(0);
+  const int64_t text_len = dual ? encoder_hidden_states.size(1) : 0;
+  const int64_t total = text_len + hidden_states.size(1);
+  if (rotary.phasor.size(0) != total)
+    throw Error("FluxAttention: the rotary embedding has " + std::to_string(rotary.phasor.size(0)) +
+                " positions for a sequence of " + std::to_string(total) + " tokens");
+  const at::TensorOptions options = hidden_states.options();
+  const at::Tensor q = at::empty({batch, total, heads, head_dim}, options);
+  const at::Tensor k = at::empty_like(q), v = at::empty_like(q);
+  auto project = [&](const at::Tensor& x, Linear& to_q_, Linear& to_k_, Linear& to_v_, RMSNorm& norm_q_,
+                     RMSNorm& norm_k_, int64_t offset) {
+    const at::Tensor phasor = rotary.phasor.narrow(0, offset, x.size(1));
+    fused_qk_norm_rope(to_q_(x), *norm_q_, phasor, q, offset);
+    fused_qk_norm_rope(to_k_(x), *norm_k_, phasor, k, offset);
+    v.narrow(1, offset, x.size(1)).copy_(to_v_(x).view({batch, x.size(1), heads, head_dim}));
+  };
+  if (dual) project(encoder_hidden_states, add_q_proj, add_k_proj, add_v_proj, norm_added_q, norm_added_k, 0);
+  project(hidden_states, to_q, to_k, to_v, norm_q, norm_k, text_len);
+
+  at::Tensor out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2);
+  out = out.reshape({batch, total, heads * head_dim});
+  if (!dual) return {out, at::Tensor()};
+  return {to_out[0]->as<LinearImpl>()->forward(out.narrow(1, text_len, total - text_len)),
+          to_add_out(out.narrow(1, 0, text_len))};
 }
 
 FluxTransformerBlockImpl::FluxTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim,

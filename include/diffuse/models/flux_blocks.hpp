@@ -84,6 +84,9 @@ class FluxAttentionImpl : public torch::nn::Module {
  private:
   // [batch, seq, heads * head_dim] -> RMSNorm per head -> [batch, heads, seq, head_dim].
   at::Tensor split_heads(const at::Tensor& x, RMSNorm& norm) const;
+  // forward through the fused CUDA kernel for norm and rotary (src/models/qk_norm_rope.hpp).
+  FluxAttentionOutput forward_fused(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
+                                    const RotaryEmbedding& rotary);
 };
 TORCH_MODULE(FluxAttention);
 
