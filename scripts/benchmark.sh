@@ -11,7 +11,8 @@
 # Knobs (environment): DIFFUSE_BENCH_GPUS (default: nvidia-smi -L), DIFFUSE_BENCH_SHAPE (flux-dev),
 # DIFFUSE_BENCH_DEVICE (default: the process's GPU; "cpu" with DIFFUSE_BENCH_GPUS=2 and
 # DIFFUSE_BENCH_SHAPE=flux-tiny tries the whole script on a CPU), DIFFUSE_BENCH_SINGLE and
-# DIFFUSE_BENCH_PARALLEL (resolution lists), DIFFUSE_BENCH_STEPS / DIFFUSE_BENCH_WARMUP (one count for
+# DIFFUSE_BENCH_PARALLEL (resolution lists; "none" skips those rows), DIFFUSE_BENCH_ARGS (more options
+# for the parallel runs, e.g. --check to compare each with one GPU), DIFFUSE_BENCH_STEPS / DIFFUSE_BENCH_WARMUP (one count for
 # every size; default 10 timed after 3 warm-up, 5 after 2 at 4096 and above), DIFFUSE_BENCH_TIMEOUT
 # (seconds per mode, default 300), DIFFUSE_BENCH_LAUNCHER (default diffuse-launch; e.g.
 # "torchrun --no-python").
@@ -88,7 +89,7 @@ echo "benchmark: $gpus GPU(s), shape $shape, results in $out"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/  /'
 
 # One GPU (4096 would take minutes per call there; diffusers' table leaves it out too).
-run single 1 "$single_sizes"
+[ "$single_sizes" != none ] && run single 1 "$single_sizes"
 
 case $gpus in
   1) ;;
@@ -97,10 +98,12 @@ case $gpus in
   8) modes=("ulysses8 1 8" "ring8 8 1" "unified2x4 2 4" "unified4x2 4 2") ;;
   *) modes=("ulysses$gpus 1 $gpus" "ring$gpus $gpus 1") ;;  # Ulysses needs the degree to divide 24 heads
 esac
-if [ "$gpus" -gt 1 ]; then
+if [ "$gpus" -gt 1 ] && [ "$parallel_sizes" != none ]; then
+  # shellcheck disable=SC2206  # extra options, split as words
+  extra=(${DIFFUSE_BENCH_ARGS:-})
   for mode in "${modes[@]}"; do
     read -r name ring ulysses <<<"$mode"
-    run "$name" "$gpus" "$parallel_sizes" --ring-degree "$ring" --ulysses-degree "$ulysses"
+    run "$name" "$gpus" "$parallel_sizes" --ring-degree "$ring" --ulysses-degree "$ulysses" "${extra[@]}"
   done
 fi
 
