@@ -94,6 +94,8 @@ TEST(AttentionBackendCuda, EveryBackendMatchesFloat64) {
   if (!device.is_cuda()) GTEST_SKIP() << "fused attention backends need CUDA (DIFFUSE_TEST_DEVICE=cuda)";
   const Inputs bf16 = draw(8, 8, 128, at::kBFloat16, device);
   EXPECT_EQ(resolve_attention_backend(AttentionBackend::automatic, bf16.q), AttentionBackend::cudnn);
+  // No fused kernel takes float64: automatic stays exact.
+  EXPECT_EQ(resolve_attention_backend(AttentionBackend::automatic, bf16.q.to(at::kDouble)), AttentionBackend::math);
   EXPECT_ERROR_CONTAINS(attention(bf16.q.to(at::kFloat), bf16.k.to(at::kFloat), bf16.v.to(at::kFloat), 1.0,
                                   AttentionBackend::flash),
                         "needs float16 or bfloat16");

@@ -3,157 +3,25 @@
 // free port) on the CPU over Gloo, or with DIFFUSE_TEST_DEVICE=cuda on one GPU each over NCCL. Every
 // child runs under a deadline and is killed when the test ends, so that nothing hangs.
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
-#include <map>
-#include <set>
-#include <sstream>
-#include <thread>
 
 #include "diffuse/distributed/distributed.hpp"
 #include "diffuse/error.hpp"
 #include "diffuse/io/image.hpp"
+#include "support/multi_process.hpp"
 #include "support/test_support.hpp"
 
-extern char** environ;
-
 using namespace diffuse;
+using test::describe;
+using test::Outcome;
+using test::ProcessGroup;
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 
 namespace {
-
-// ---- starting processes --------------------------------------------------------------------------
-
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t length = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-struct Outcome {
-  int exit_code = -1;   // -N: killed by signal N
-  bool killed_at_deadline = false;
-  std::string output;   // stdout and stderr
-  double seconds = 0;   // from start to exit
-};
-
-// Children that are killed when the group goes out of scope, whatever happened.
-class ProcessGroup {
- public:
-  ProcessGroup() : dir_(test::temporary_folder("distributed_" + std::to_string(counter_++))) {}
-  ~ProcessGroup() {
-    for (auto& [pid, index] : running_) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-
-  void start(const std::vector<std::string>& argv, const std::map<std::string, std::string>& extra_env) {
-    const size_t index = outcomes_.size();
-    outcomes_.emplace_back();
-    logs_.push_back(dir_ / ("process_" + std::to_string(index) + ".log"));
-    std::map<std::string, std::string> env;
-    for (char** e = environ; *e != nullptr; ++e) {
-      const std::string entry = *e;
-      const size_t eq = entry.find('=');
-      env[entry.substr(0, eq)] = entry.substr(eq + 1);
-    }
-    for (const char* name : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"})
-      env.erase(name);
-    for (const auto& [key, value] : extra_env) env[key] = value;
-    std::vector<std::string> env_strings;
-    for (const auto& [key, value] : env) env_strings.push_back(key + "=" + value);
-    std::vector<char*> envp, args;
-    for (auto& s : env_strings) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    std::vector<std::string> argv_copy = argv;
-    for (auto& s : argv_copy) args.push_back(s.data());
-    args.push_back(nullptr);
-
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, logs_.back().c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    pid_t pid = 0;
-    const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), envp.data());
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) throw Error("cannot start " + argv[0] + ": " + std::strerror(rc));
-    running_[pid] = index;
-    starts_.push_back(Clock::now());
-  }
-
-  // Waits until every child has exited (or only child `until_exit_of`, when given) or `deadline`
-  // passed; then kills the rest.
-  std::vector<Outcome> wait(std::chrono::duration<double> deadline, int until_exit_of = -1) {
-    const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(deadline);
-    auto waiting = [&] {
-      if (until_exit_of < 0) return !running_.empty();
-      for (auto& [pid, index] : running_)
-        if (static_cast<int>(index) == until_exit_of) return true;
-      return false;
-    };
-    while (waiting()) {
-      int status = 0;
-      const pid_t pid = waitpid(-1, &status, WNOHANG);
-      if (pid > 0 && running_.count(pid)) {
-        finish(pid, status, false);
-        continue;
-      }
-      if (Clock::now() > until) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    for (auto it = running_.begin(); it != running_.end();) {
-      const pid_t child = it->first;
-      ++it;
-      kill(child, SIGKILL);
-      int s = 0;
-      waitpid(child, &s, 0);
-      finish(child, s, true);
-    }
-    for (size_t i = 0; i < outcomes_.size(); ++i) {
-      std::ifstream in(logs_[i]);
-      std::stringstream text;
-      text << in.rdbuf();
-      outcomes_[i].output = text.str();
-    }
-    return outcomes_;
-  }
-
- private:
-  void finish(pid_t pid, int status, bool at_deadline) {
-    const size_t index = running_[pid];
-    running_.erase(pid);
-    Outcome& o = outcomes_[index];
-    o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-    o.killed_at_deadline = at_deadline;
-    o.seconds = std::chrono::duration<double>(Clock::now() - starts_[index]).count();
-  }
-
-  static inline int counter_ = 0;
-  fs::path dir_;
-  std::vector<Outcome> outcomes_;
-  std::vector<fs::path> logs_;
-  std::vector<Clock::time_point> starts_;
-  std::map<pid_t, size_t> running_;
-};
 
 fs::path helper() { return fs::path(DIFFUSE_TEST_BINARY_DIR) / "helper_distributed"; }
 fs::path example(const std::string& name) { return fs::path(DIFFUSE_EXAMPLES_BINARY_DIR) / name; }
@@ -170,41 +38,17 @@ bool on_cuda() {
       GTEST_SKIP() << (world) << " ranks need " << (world) << " GPUs, " << at::getNumGPUs() << " seen"; \
   } while (0)
 
-// Starts `world` ranks of the helper (or only `which` of them), each with torchrun's variables.
+// Starts `world` ranks of the helper (or only `which` of them), with the distributed timeout.
 std::vector<Outcome> run_ranks(int world, const std::vector<std::string>& args, double timeout_seconds,
-                               double deadline_seconds, std::vector<int> which = {},
-                               ProcessGroup* group = nullptr) {
-  ProcessGroup own;
-  ProcessGroup& g = group ? *group : own;
-  const std::string port = std::to_string(free_port());
-  if (which.empty())
-    for (int r = 0; r < world; ++r) which.push_back(r);
-  for (int r : which) {
-    std::vector<std::string> argv = {helper().string()};
-    argv.insert(argv.end(), args.begin(), args.end());
-    g.start(argv, {{"RANK", std::to_string(r)}, {"WORLD_SIZE", std::to_string(world)},
-                   {"LOCAL_RANK", std::to_string(r)}, {"LOCAL_WORLD_SIZE", std::to_string(world)},
-                   {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port},
-                   {"DIFFUSE_DIST_TIMEOUT", std::to_string(timeout_seconds)}, {"OMP_NUM_THREADS", "1"}});
-  }
-  return g.wait(std::chrono::duration<double>(deadline_seconds));
-}
-
-std::string describe(const std::vector<Outcome>& outcomes) {
-  std::string out;
-  for (size_t i = 0; i < outcomes.size(); ++i)
-    out += "--- process " + std::to_string(i) + ": exit " + std::to_string(outcomes[i].exit_code) +
-           (outcomes[i].killed_at_deadline ? " (killed at the deadline)" : "") + " after " +
-           std::to_string(outcomes[i].seconds) + " s\n" + outcomes[i].output;
-  return out;
+                               double deadline_seconds, std::vector<int> which = {}) {
+  return test::run_ranks(helper(), world, args, deadline_seconds,
+                         {{"DIFFUSE_DIST_TIMEOUT", std::to_string(timeout_seconds)}}, std::move(which));
 }
 
 void expect_all_succeed(const std::vector<Outcome>& outcomes) {
   for (const Outcome& o : outcomes) EXPECT_EQ(o.exit_code, 0) << describe(outcomes);
-  for (const Outcome& o : outcomes) {
-    const size_t line = o.output.find("ok ");
-    if (line != std::string::npos) std::printf("[ measured ] %s", o.output.substr(line, o.output.find('\n', line) - line + 1).c_str());
-  }
+  for (const Outcome& o : outcomes)
+    if (const std::string line = test::line_from(o.output, "ok "); !line.empty()) std::printf("[ measured ] %s\n", line.c_str());
 }
 
 }  // namespace
@@ -339,9 +183,8 @@ void expect_others_name(const std::vector<Outcome>& outcomes, int leaver, double
     EXPECT_LT(o.seconds, within) << describe(outcomes);
   }
   const Outcome& first_other = outcomes[leaver == 0 ? 1 : 0];
-  const size_t at = first_other.output.find("error after");
-  if (at != std::string::npos)
-    std::printf("[ measured ] %s", first_other.output.substr(at, first_other.output.find('\n', at) - at + 1).c_str());
+  if (const std::string line = test::line_from(first_other.output, "error after"); !line.empty())
+    std::printf("[ measured ] %s\n", line.c_str());
 }
 
 }  // namespace
@@ -377,7 +220,7 @@ TEST(MultiProcess, RankThatNeverReachesACollectiveIsNamedAfterTheTimeout) {
   REQUIRE_RANKS(2);
   // Rank 1 sleeps instead of calling the collective; it is killed once rank 0 has answered.
   ProcessGroup group;
-  const std::string port = std::to_string(free_port());
+  const std::string port = std::to_string(test::free_port());
   for (int r = 0; r < 2; ++r)
     group.start({helper().string(), "leave", "1", "hang"},
                 {{"RANK", std::to_string(r)}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", std::to_string(r)},
@@ -389,8 +232,8 @@ TEST(MultiProcess, RankThatNeverReachesACollectiveIsNamedAfterTheTimeout) {
   EXPECT_FALSE(o.killed_at_deadline) << describe(outcomes);
   EXPECT_LT(o.seconds, 12) << describe(outcomes);  // the 3 s timeout (Gloo's, per step) and a diagnosis
   EXPECT_TRUE(outcomes[1].killed_at_deadline);
-  const size_t at = o.output.find("error after");
-  if (at != std::string::npos) std::printf("[ measured ] %s", o.output.substr(at, o.output.find('\n', at) - at + 1).c_str());
+  if (const std::string line = test::line_from(o.output, "error after"); !line.empty())
+    std::printf("[ measured ] %s\n", line.c_str());
 }
 
 TEST(MultiProcess, RankThatNeverArrivesAtInitIsNamed) {

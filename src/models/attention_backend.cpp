@@ -127,7 +127,8 @@ AttentionBackend resolve_attention_backend(AttentionBackend requested, const at:
   if (requested == AttentionBackend::math) return requested;
 #if TORCH_VERSION_MAJOR >= 2
   if (requested == AttentionBackend::automatic) {
-    if (!q.is_cuda()) return AttentionBackend::math;
+    const bool fused_dtype = half_precision(q) || q.scalar_type() == at::kFloat;
+    if (!q.is_cuda() || !fused_dtype) return AttentionBackend::math;
     const bool fits = half_precision(q) && head_dim % 8 == 0;
     if (fits && head_dim <= 128 && !cudnn_refused) return AttentionBackend::cudnn;
     if (fits && head_dim <= 256) return AttentionBackend::flash;
