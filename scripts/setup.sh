@@ -5,11 +5,14 @@ set -euo pipefail
 
 # libopenblas0-pthread: libtorch-dev calls BLAS through libblas.so.3, which is the slow reference BLAS
 # unless an optimized one is installed (OpenBLAS takes over through Debian's alternatives).
+# clang-14, libclang-rt-14-dev (libFuzzer's runtime) and llvm-14 (llvm-symbolizer): the fuzz targets
+# (scripts/fuzz.sh, docs/reliability.md).
 packages=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libgloo-dev libopenblas0-pthread
   nlohmann-json3-dev libspdlog-dev libfmt-dev libpng-dev
   libgtest-dev libbenchmark-dev
+  clang-14 libclang-rt-14-dev llvm-14
 )
 
 missing=()
