@@ -186,18 +186,29 @@ SafetensorsFile::SafetensorsFile(std::filesystem::path path) : path_(std::move(p
     tensors_.push_back(std::move(info));
   }
 
-  // Byte ranges must not overlap: a tensor's bytes belong to it alone.
+  // As the reference reader requires, the tensors tile the data section exactly: from byte 0, each one
+  // where the previous ends (no overlap, no gap), the last at the end of the file. Bytes that no tensor
+  // owns mean a damaged file or a header that does not describe it.
   std::vector<const TensorInfo*> by_offset;
   for (const auto& t : tensors_) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const TensorInfo* a, const TensorInfo* b) { return a->data_begin < b->data_begin; });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    const TensorInfo& prev = *by_offset[i - 1];
-    const TensorInfo& next = *by_offset[i];
-    if (prev.byte_size() > 0 && next.data_begin < prev.data_end)
-      throw Error(where(path_) + "tensors '" + prev.name + "' and '" + next.name +
-                  "' have overlapping data_offsets");
+  std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
+    return a->data_begin != b->data_begin ? a->data_begin < b->data_begin : a->data_end < b->data_end;
+  });
+  uint64_t covered = 0;
+  const TensorInfo* previous = nullptr;
+  for (const TensorInfo* t : by_offset) {
+    if (t->data_begin < covered)
+      throw Error(where(path_) + "tensors '" + previous->name + "' and '" + t->name + "' have overlapping data_offsets");
+    if (t->data_begin > covered)
+      throw Error(where(path_) + "data section: bytes " + std::to_string(covered) + " to " +
+                  std::to_string(t->data_begin) + " belong to no tensor (tensor '" + t->name + "' starts at " +
+                  std::to_string(t->data_begin) + ")");
+    covered = t->data_end;
+    previous = t;
   }
+  if (covered != data_size)
+    throw Error(where(path_) + "data section has " + std::to_string(data_size) + " bytes but its tensors cover " +
+                std::to_string(covered) + ": the rest belongs to no tensor (trailing bytes, or a damaged header)");
   std::sort(tensors_.begin(), tensors_.end(),
             [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
   mapping_ = std::move(mapping);
