@@ -9,6 +9,7 @@
 
 #include "diffuse/distributed/communicator.hpp"
 #include "diffuse/error.hpp"
+#include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
@@ -364,6 +365,46 @@ PromptEmbeddings FluxPipeline::encode_prompt(const EncodeRequest& request) {
   return out;
 }
 
+// The largest activations of a request, estimated from the shapes alone, against the memory of the
+// device that holds them: a request that cannot fit (100 megapixels on the CPU's math attention, say)
+// is refused before any work, instead of failing deep inside the allocator or computing for hours.
+void FluxPipeline::check_memory_for(const GenerateRequest& request, int64_t height, int64_t width) {
+  const c10::Device device = has("transformer") ? execution_device("transformer") : device_;
+  const uint64_t available = available_memory(device.str());
+  if (available == 0) return;  // unknown
+  const auto rows = static_cast<uint64_t>(std::max<int64_t>(request.num_images_per_prompt, 1));
+  const uint64_t tokens = static_cast<uint64_t>((height / 16) * (width / 16) + request.max_sequence_length);
+  struct Need {
+    uint64_t bytes;
+    std::string what;
+  } need{0, ""};
+  if (has("transformer")) {
+    const FluxTransformerConfig& c = transformer_config_;
+    const at::Tensor probe = at::empty({1, 1, 1, c.attention_head_dim}, at::TensorOptions(dtype_).device(device));
+    const bool math = resolve_attention_backend(transformer()->attention_backend(), probe) == AttentionBackend::math;
+    const uint64_t shards = parallel_world_ ? static_cast<uint64_t>(parallel_world_->size()) : 1;
+    // Math attention holds float32 scores and probabilities for every (query, key) pair of a head's
+    // shard; fused kernels hold nothing quadratic, only the tokens.
+    const uint64_t attention = math ? 2 * 4 * rows * static_cast<uint64_t>(c.num_attention_heads) *
+                                          ((tokens + shards - 1) / shards) * tokens
+                                    : 8 * rows * tokens * static_cast<uint64_t>(c.inner_dim()) * 4;
+    need = {attention, math ? "attention scores over " + std::to_string(tokens) + " tokens (the math path)"
+                            : "the transformer's activations over " + std::to_string(tokens) + " tokens"};
+  }
+  if (request.output_type != OutputType::Latent && !vae_config_.block_out_channels.empty()) {
+    // The decoder's last blocks run at full resolution with block_out_channels[0] channels, in float32
+    // for GroupNorm: input and output of a convolution at once.
+    const uint64_t decoder = 2 * 4 * rows * static_cast<uint64_t>(vae_config_.block_out_channels.front()) *
+                             static_cast<uint64_t>(height) * static_cast<uint64_t>(width);
+    if (decoder > need.bytes) need = {decoder, "the VAE decoder at full resolution"};
+  }
+  if (need.bytes > available)
+    throw Error("a " + std::to_string(height) + "x" + std::to_string(width) + " image needs at least " +
+                format_bytes(need.bytes) + " on " + device.str() + " for " + need.what + ", but " +
+                format_bytes(available) + " is available; ask for a smaller size" +
+                (need.what.find("math") != std::string::npos ? " or run on a GPU with a fused attention backend" : ""));
+}
+
 uint64_t FluxPipeline::shared_random_seed() {
   const uint64_t mine = (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
   if (!parallel_world_) return mine;
@@ -482,6 +523,7 @@ GenerateOutput FluxPipeline::generate(const GenerateRequest& request) {
   };
   const int64_t height = checked_size(request.height, "height");
   const int64_t width = checked_size(request.width, "width");
+  check_memory_for(request, height, width);
 
   if (has_embeds) {
     const auto& pe = request.prompt_embeds;

@@ -140,6 +140,8 @@ class FluxPipeline {
  private:
   // The checks and reset that both offload modes start with.
   void start_offload(const char* what, const std::string& device);
+  // Refuses (diffuse::Error) a request whose largest activations cannot fit the device's memory.
+  void check_memory_for(const GenerateRequest& request, int64_t height, int64_t width);
   // A fresh random seed; under context parallelism rank 0's, broadcast to every rank.
   uint64_t shared_random_seed();
   at::Tensor draw_latents(const GenerateRequest& request, int64_t batch, int64_t height, int64_t width);
