@@ -155,4 +155,15 @@ FlowMatchEulerDiscreteSchedulerConfig FlowMatchEulerDiscreteSchedulerConfig::fro
   return from_json(JsonConfig::load(file));
 }
 
+std::vector<BlockCount> ClipTextConfig::block_counts() const {
+  return {{"num_hidden_layers", num_hidden_layers, "encoder.layers."}};
+}
+
+std::vector<BlockCount> T5Config::block_counts() const { return {{"num_layers", num_layers, "encoder.block."}}; }
+
+std::vector<BlockCount> FluxTransformerConfig::block_counts() const {
+  return {{"num_layers", num_layers, "transformer_blocks."},
+          {"num_single_layers", num_single_layers, "single_transformer_blocks."}};
+}
+
 }  // namespace diffuse

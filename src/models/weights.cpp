@@ -109,4 +109,26 @@ uint64_t module_bytes(const torch::nn::Module& module) {
   return total;
 }
 
+void check_block_counts(const std::vector<BlockCount>& counts, const Checkpoint& checkpoint,
+                        const std::filesystem::path& config_file) {
+  for (const BlockCount& block : counts) {
+    int64_t held = 0;  // the highest block index with weights, plus one
+    for (const TensorInfo& tensor : checkpoint.tensors()) {
+      // The prefix starts the name or one of its components ("text_model.encoder.layers.3." and
+      // "encoder.layers.3." both count: checkpoints are saved with and without the outer module).
+      const std::string& name = tensor.name;
+      size_t at = name.rfind(block.prefix, 0) == 0 ? 0 : name.find("." + block.prefix);
+      if (at == std::string::npos) continue;
+      if (at > 0) ++at;
+      const size_t start = at + block.prefix.size(), end = name.find('.', start);
+      if (end == std::string::npos || end == start || end - start > 9) continue;
+      if (name.find_first_not_of("0123456789", start) != end) continue;
+      held = std::max<int64_t>(held, std::stoll(name.substr(start, end - start)) + 1);
+    }
+    if (held != block.count)
+      throw Error(config_file.string() + ": " + block.key + " is " + std::to_string(block.count) +
+                  " but the weights hold " + std::to_string(held) + " blocks (" + block.prefix + "N)");
+  }
+}
+
 }  // namespace diffuse

@@ -28,6 +28,14 @@ struct ModelIndex {
 };
 
 // transformers' CLIPTextConfig.
+// A config's count of repeated blocks, and where block i's weights live (names starting "<prefix>i."),
+// so that a count its checkpoint does not hold is refused before any block is built.
+struct BlockCount {
+  std::string key;  // the config key, e.g. "num_layers"
+  int64_t count;
+  std::string prefix;  // e.g. "transformer_blocks."
+};
+
 struct ClipTextConfig {
   int64_t vocab_size = 49408;
   int64_t hidden_size = 512;
@@ -44,6 +52,7 @@ struct ClipTextConfig {
 
   static ClipTextConfig from_json(const JsonConfig& json);
   static ClipTextConfig from_file(const std::filesystem::path& file);
+  std::vector<BlockCount> block_counts() const;
 };
 
 // transformers' T5Config, encoder side.
@@ -66,6 +75,7 @@ struct T5Config {
 
   static T5Config from_json(const JsonConfig& json);
   static T5Config from_file(const std::filesystem::path& file);
+  std::vector<BlockCount> block_counts() const;
 };
 
 // diffusers' FluxTransformer2DModel.
@@ -85,6 +95,7 @@ struct FluxTransformerConfig {
   int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
   static FluxTransformerConfig from_json(const JsonConfig& json);
   static FluxTransformerConfig from_file(const std::filesystem::path& file);
+  std::vector<BlockCount> block_counts() const;
 };
 
 // diffusers' AutoencoderKL.

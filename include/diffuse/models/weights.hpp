@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "diffuse/io/checkpoint.hpp"
+#include "diffuse/io/configs.hpp"
 
 namespace diffuse {
 
@@ -45,10 +46,17 @@ void load_weights(torch::nn::Module& module, const Checkpoint& checkpoint, const
 // The common way a model folder loads: `Config::from_file(folder/config.json)`, the model built from
 // it with uninitialized parameters in options.dtype on options.device, then the folder's weights
 // swapped in by load_weights. Returns the model in eval mode.
+// Throws diffuse::Error naming the config file and key when the checkpoint holds another number of
+// blocks than the config asks for (before any block is built: a corrupt count can be a million).
+void check_block_counts(const std::vector<BlockCount>& counts, const Checkpoint& checkpoint,
+                        const std::filesystem::path& config_file);
+
 template <typename Model, typename Config>
 Model load_pretrained(const std::filesystem::path& folder, const WeightLoadOptions& options) {
   const Config config = Config::from_file(folder / "config.json");
   const Checkpoint checkpoint = Checkpoint::open(folder);
+  if constexpr (requires { config.block_counts(); })
+    check_block_counts(config.block_counts(), checkpoint, folder / "config.json");
   Model model(config, at::TensorOptions().dtype(options.dtype).device(options.device));
   load_weights(*model, checkpoint, options);
   model->eval();
