@@ -86,8 +86,10 @@ Checkpoint Checkpoint::open(const std::filesystem::path& path) {
   if (ends_with(file.filename().string(), ".index.json")) {
     for (const auto& [shard_name, expected] : read_index(file)) {
       const auto shard_path = file.parent_path() / shard_name;
-      if (!std::filesystem::exists(shard_path))
-        throw Error(file.string() + ": shard '" + shard_name + "' named in the index is missing");
+      std::error_code error;  // a name the file system cannot hold (too long, ...) is missing too
+      if (!std::filesystem::exists(shard_path, error))
+        throw Error(file.string() + ": shard '" + shard_name + "' named in the index is missing" +
+                    (error ? " (" + error.message() + ")" : std::string()));
       add_file(shard_path);
       for (const std::string& tensor : expected)
         if (!checkpoint.files_.back()->contains(tensor))

@@ -89,8 +89,21 @@ FluxTransformerConfig FluxTransformerConfig::from_json(const JsonConfig& json) {
   c.pooled_projection_dim = json.get_int("pooled_projection_dim", c.pooled_projection_dim);
   c.guidance_embeds = json.get_bool("guidance_embeds", c.guidance_embeds);
   c.axes_dims_rope = json.get_int_list("axes_dims_rope", c.axes_dims_rope);
+  // Sizes a real model could have; anything beyond is a damaged file (and would overflow products).
+  constexpr int64_t kMaxSize = int64_t{1} << 24;
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"attention_head_dim", c.attention_head_dim},
+                                   {"num_attention_heads", c.num_attention_heads}, {"num_layers", c.num_layers},
+                                   {"num_single_layers", c.num_single_layers}, {"in_channels", c.in_channels},
+                                   {"patch_size", c.patch_size}, {"joint_attention_dim", c.joint_attention_dim},
+                                   {"pooled_projection_dim", c.pooled_projection_dim}})
+    if (value < 0 || value > kMaxSize)
+      throw Error(json.source() + ": key '" + key + "' is " + std::to_string(value) + ", outside [0, " +
+                  std::to_string(kMaxSize) + "]");
   int64_t rope_dim = 0;
-  for (int64_t d : c.axes_dims_rope) rope_dim += d;
+  for (int64_t d : c.axes_dims_rope) {
+    if (d < 0 || d > kMaxSize) throw Error(json.source() + ": axes_dims_rope entry " + std::to_string(d) + " is out of range");
+    rope_dim += d;
+  }
   if (rope_dim != c.attention_head_dim)
     throw Error(json.source() + ": axes_dims_rope must sum to attention_head_dim (" +
                 std::to_string(rope_dim) + " != " + std::to_string(c.attention_head_dim) + ")");
@@ -118,8 +131,9 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const JsonConfig& json) {
   c.use_quant_conv = json.get_bool("use_quant_conv", c.use_quant_conv);
   c.use_post_quant_conv = json.get_bool("use_post_quant_conv", c.use_post_quant_conv);
   c.mid_block_add_attention = json.get_bool("mid_block_add_attention", c.mid_block_add_attention);
-  if (c.block_out_channels.empty())
-    throw Error(json.source() + ": key 'block_out_channels' must not be empty");
+  if (c.block_out_channels.empty() || c.block_out_channels.size() > 16)
+    throw Error(json.source() + ": key 'block_out_channels' must have 1 to 16 levels, got " +
+                std::to_string(c.block_out_channels.size()));
   if (c.down_block_types.size() != c.block_out_channels.size() ||
       c.up_block_types.size() != c.block_out_channels.size())
     throw Error(json.source() + ": down_block_types, up_block_types and block_out_channels differ in length");

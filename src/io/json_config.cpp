@@ -41,8 +41,10 @@ const nlohmann::json* lookup(const nlohmann::json& root, std::string_view key) {
 
 [[noreturn]] void wrong_type(const std::string& source, std::string_view key, const char* expected,
                              const nlohmann::json& value) {
-  throw Error(source + ": key '" + std::string(key) + "' should be " + expected + ", got " +
-              value.type_name() + " " + value.dump());
+  // Only scalars are quoted: dumping an array or object could be huge, or nested deep enough to
+  // exhaust the stack.
+  throw Error(source + ": key '" + std::string(key) + "' should be " + expected + ", got " + value.type_name() +
+              (value.is_primitive() ? " " + value.dump() : std::string()));
 }
 
 }  // namespace

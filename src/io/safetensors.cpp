@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -164,6 +165,8 @@ SafetensorsFile::SafetensorsFile(std::filesystem::path path) : path_(std::move(p
     if (!element_size) throw Error(at + "unknown dtype '" + info.dtype + "'");
     for (const auto& dim : entry["shape"]) {
       if (!dim.is_number_unsigned()) throw Error(at + "shape has an entry that is not a non-negative integer");
+      if (dim.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        throw Error(at + "shape entry " + std::to_string(dim.get<uint64_t>()) + " is too large");
       info.shape.push_back(dim.get<int64_t>());
     }
     for (const auto& offset : entry["data_offsets"])
@@ -177,9 +180,11 @@ SafetensorsFile::SafetensorsFile(std::filesystem::path path) : path_(std::move(p
       throw Error(at + "data_offsets end " + std::to_string(info.data_end) +
                   " is past the data section (" + std::to_string(data_size) + " bytes): truncated?");
     uint64_t expected = *element_size;
+    int64_t elements = 1;  // must fit int64 too, even when a zero dimension makes the bytes 0
     for (int64_t dim : info.shape)
-      if (__builtin_mul_overflow(expected, static_cast<uint64_t>(dim), &expected))
-        throw Error(at + "shape is too large (its byte size overflows 64 bits)");
+      if (__builtin_mul_overflow(expected, static_cast<uint64_t>(dim), &expected) ||
+          __builtin_mul_overflow(elements, dim, &elements))
+        throw Error(at + "shape is too large (its size overflows 64 bits)");
     if (expected != info.byte_size())
       throw Error(at + "shape and dtype " + info.dtype + " need " + std::to_string(expected) +
                   " bytes but data_offsets span " + std::to_string(info.byte_size()));

@@ -25,7 +25,10 @@ struct T5Tokenizer::Impl {
   // extra ids (score 0). Every entry can match the text, control pieces included.
   std::unordered_map<std::string, int64_t> ids;
   std::vector<double> scores;
-  size_t longest_piece = 0;  // in bytes
+  // The same pieces as a byte trie, so that walking a word from one position meets every piece that
+  // starts there with one lookup per byte (hashing every prefix instead is cubic in a long piece).
+  std::unordered_map<uint64_t, uint32_t> edges;  // (node << 8 | byte) -> child node
+  std::vector<int64_t> piece_at{-1};             // node -> piece id, -1 where no piece ends
   double unknown_score = 0;
   int64_t unk_id = 2;
   tokenizers::SpecialTokens special;
@@ -48,13 +51,23 @@ T5Tokenizer T5Tokenizer::from_pretrained(const std::filesystem::path& folder) {
   const auto config = tokenizers::TokenizerConfig::load(folder);
   const auto pieces = static_cast<int64_t>(model.pieces.size());
   const int64_t extra_ids = config.integer("extra_ids", 100);
-  if (extra_ids < 0) throw Error(config.file.string() + ": 'extra_ids' should not be negative");
+  // T5 has 100; a count in the millions is a damaged file (and would take minutes and gigabytes).
+  constexpr int64_t kMaxExtraIds = 1 << 16;
+  if (extra_ids < 0 || extra_ids > kMaxExtraIds)
+    throw Error(config.file.string() + ": 'extra_ids' is " + std::to_string(extra_ids) + ", outside [0, " +
+                std::to_string(kMaxExtraIds) + "]");
   impl->scores.resize(pieces + extra_ids);
   double worst = std::numeric_limits<double>::infinity();
   const auto add_piece = [&](const std::string& piece, int64_t id, double score) {
     impl->ids[piece] = id;
     impl->scores[id] = score;
-    impl->longest_piece = std::max(impl->longest_piece, piece.size());
+    uint32_t node = 0;
+    for (unsigned char byte : piece) {
+      auto [edge, added] = impl->edges.emplace((uint64_t{node} << 8) | byte, static_cast<uint32_t>(impl->piece_at.size()));
+      if (added) impl->piece_at.push_back(-1);
+      node = edge->second;
+    }
+    impl->piece_at[node] = id;  // a later duplicate wins, as in `ids`
     worst = std::min(worst, score);
   };
   for (int64_t id = 0; id < pieces; ++id) add_piece(model.pieces[id].text, id, model.pieces[id].score);
@@ -102,20 +115,22 @@ void T5Tokenizer::Impl::unigram(std::string_view word, std::vector<int64_t>& out
     int64_t id = 0;
   };
   std::vector<Node> best(word.size() + 1);
-  std::string key;
   for (size_t start = 0; start < word.size();) {
     const double score_here = best[start].score;
-    const size_t char_length = unicode::utf8_length(static_cast<unsigned char>(word[start]));
+    // Ill-formed UTF-8 (a lead byte near the end) must not step past the word.
+    const size_t char_length =
+        std::min(unicode::utf8_length(static_cast<unsigned char>(word[start])), word.size() - start);
     bool covered = false;
-    const size_t longest = std::min(longest_piece, word.size() - start);
-    for (size_t length = 1; length <= longest; ++length) {
-      key.assign(word.substr(start, length));
-      auto it = ids.find(key);
-      if (it == ids.end()) continue;
+    uint32_t trie = 0;
+    for (size_t length = 1; start + length <= word.size(); ++length) {
+      const auto edge = edges.find((uint64_t{trie} << 8) | static_cast<unsigned char>(word[start + length - 1]));
+      if (edge == edges.end()) break;
+      trie = edge->second;
+      const int64_t id = piece_at[trie];
+      if (id < 0) continue;
       Node& node = best[start + length];
-      const double candidate = score_here + scores[it->second];
-      if (node.start < 0 || candidate > node.score)
-        node = {candidate, static_cast<std::ptrdiff_t>(start), it->second};
+      const double candidate = score_here + scores[static_cast<size_t>(id)];
+      if (node.start < 0 || candidate > node.score) node = {candidate, static_cast<std::ptrdiff_t>(start), id};
       if (length == char_length) covered = true;
     }
     if (!covered) {

@@ -69,7 +69,9 @@ int64_t TokenizerConfig::integer(const char* key, int64_t fallback) const {
   if (it->is_number_integer()) return it->get<int64_t>();
   // transformers writes "no limit" as a huge float (int(1e30)).
   if (it->is_number_float() && it->get<double>() >= 9.2e18) return std::numeric_limits<int64_t>::max();
-  if (it->is_number_float() && it->get<double>() == static_cast<double>(static_cast<int64_t>(it->get<double>())))
+  // Cast only what fits int64 (anything else is undefined behavior) and is whole.
+  if (it->is_number_float() && it->get<double>() > -9.2e18 &&
+      it->get<double>() == static_cast<double>(static_cast<int64_t>(it->get<double>())))
     return static_cast<int64_t>(it->get<double>());
   throw Error(file.string() + ": '" + key + "' should be an integer, got " + it->dump());
 }

@@ -215,12 +215,13 @@ std::u32string nfc(std::u32string_view text) {
     }
     size_t j = i;
     while (j < decomposed.size() && classes[j] != 0) ++j;
-    // Stable insertion sort by combining class over [i, j).
-    for (size_t a = i + 1; a < j; ++a)
-      for (size_t b = a; b > i && classes[b - 1] > classes[b]; --b) {
-        std::swap(classes[b - 1], classes[b]);
-        std::swap(decomposed[b - 1], decomposed[b]);
-      }
+    // Stable sort by combining class over [i, j): O(n log n), since a run can be as long as the text.
+    if (j - i > 1) {
+      std::vector<std::pair<uint8_t, char32_t>> run;
+      for (size_t k = i; k < j; ++k) run.emplace_back(classes[k], decomposed[k]);
+      std::stable_sort(run.begin(), run.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+      for (size_t k = i; k < j; ++k) classes[k] = run[k - i].first, decomposed[k] = run[k - i].second;
+    }
     i = j;
   }
 
