@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs every test: the GoogleTest suites through ctest, then an out-of-tree
 # consumer that finds the installed package with find_package(diffuse), a C program built on the C
-# API through pkg-config, and the C API's threaded test again under AddressSanitizer (build-asan/;
-# DIFFUSE_TEST_ASAN=0 skips that one).
+# API through pkg-config, and a subset of the suites again under AddressSanitizer and
+# UndefinedBehaviorSanitizer (build-sanitize/; DIFFUSE_TEST_SANITIZERS=0 or DIFFUSE_TEST_ASAN=0
+# skips that part), then the libFuzzer targets for a bounded time (DIFFUSE_TEST_FUZZ=0 skips them).
+# docs/reliability.md describes what each part guarantees.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -41,26 +43,60 @@ else
   status=1
 fi
 
-if [ "${DIFFUSE_TEST_ASAN:-1}" != 0 ]; then
-  # A second, separate build with AddressSanitizer: the library and the C API's test only (about 8 min
-  # on 2 cores). Leaks are checked at exit; tests/lsan.supp may only name leaks inside libtorch's own
-  # static initialisation (none today).
-  echo "== AddressSanitizer: test_c_api with leak detection (build-asan/)"
+# A second, separate build with AddressSanitizer and UndefinedBehaviorSanitizer (build-sanitize/):
+# the library and the test programs that exercise its parsing, I/O, C API, tokenizers, scheduler and
+# error paths (docs/reliability.md says why these; about 25 min on 2 cores, most of it compiling).
+# DIFFUSE_TEST_SANITIZERS=0 (or the older DIFFUSE_TEST_ASAN=0) skips it; DIFFUSE_SANITIZER_TESTS
+# replaces the list of test programs.
+if [ "${DIFFUSE_TEST_SANITIZERS:-${DIFFUSE_TEST_ASAN:-1}}" != 0 ]; then
+  read -r -a sanitizer_tests <<< "${DIFFUSE_SANITIZER_TESTS:-test_c_api test_safetensors test_io test_tokenizers test_scheduler test_flux_latents test_faults}"
+  echo "== Sanitizers (address, undefined): ${sanitizer_tests[*]} (build-sanitize/)"
   start=$SECONDS
   generator=()
   command -v ninja >/dev/null && generator=(-G Ninja)
-  # gtest_discover_tests runs the program while building; leaks are checked on the real run below.
-  if cmake -S . -B build-asan "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-       "-DCMAKE_CXX_FLAGS=-fsanitize=address -fno-omit-frame-pointer" \
+  # UBSan stays recoverable at compile time so that tests/ubsan.supp can apply; halt_on_error makes
+  # any report that is not suppressed end the program (as -fno-sanitize-recover would).
+  export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$PWD/tests/ubsan.supp"
+  # gtest_discover_tests runs each program while building; leaks are checked on the real runs below.
+  if cmake -S . -B build-sanitize "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+       "-DCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-omit-frame-pointer" \
        -DDIFFUSE_BUILD_EXAMPLES=OFF -DDIFFUSE_BUILD_BENCHMARKS=OFF >/dev/null &&
-     ASAN_OPTIONS=detect_leaks=0 cmake --build build-asan -j"${DIFFUSE_BUILD_JOBS:-$(nproc)}" --target test_c_api &&
-     echo "asan: built in $((SECONDS - start)) s" &&
-     ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
-     LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=1" \
-       ./build-asan/tests/test_c_api; then
-    echo "asan: OK, no leaks ($((SECONDS - start)) s)"
+     ASAN_OPTIONS=detect_leaks=0 cmake --build build-sanitize -j"${DIFFUSE_BUILD_JOBS:-$(nproc)}" \
+       --target "${sanitizer_tests[@]}" helper_faults; then
+    echo "sanitizers: built in $((SECONDS - start)) s"
+    mkdir -p build-sanitize/logs
+    for test in "${sanitizer_tests[@]}"; do
+      test_start=$SECONDS
+      log="build-sanitize/logs/$test.log"
+      # Leaks are checked at exit (tests/lsan.supp may only name libtorch's own start-up);
+      # allocator_may_return_null: a failed huge allocation throws as it does without ASan (the fault
+      # tests ask for terabytes on purpose) instead of aborting.
+      if ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+         LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" \
+           "./build-sanitize/tests/$test" --gtest_brief=1 >"$log" 2>&1; then
+        echo "sanitizers: $test OK ($((SECONDS - test_start)) s)"
+      else
+        status=1
+        reports=$(grep -cE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$log" || true)
+        echo "sanitizers: $test FAILED ($((SECONDS - test_start)) s, $reports sanitizer report(s)); the end of $log:"
+        tail -n 40 "$log"
+      fi
+    done
+    echo "sanitizers: done in $((SECONDS - start)) s"
   else
-    echo "asan: FAILED"
+    echo "sanitizers: build FAILED"
+    status=1
+  fi
+fi
+# libFuzzer targets (fuzz/, build-fuzz/ with clang): each one over the reproducers of the bugs it found,
+# then from its seed corpus for DIFFUSE_FUZZ_SECONDS (default 60) each. DIFFUSE_TEST_FUZZ=0 skips.
+if [ "${DIFFUSE_TEST_FUZZ:-1}" != 0 ]; then
+  echo "== Fuzzing: every target over fuzz/regressions, then ${DIFFUSE_FUZZ_SECONDS:-60} s each (build-fuzz/)"
+  start=$SECONDS
+  if DIFFUSE_FUZZ_SECONDS=${DIFFUSE_FUZZ_SECONDS:-60} bash scripts/fuzz.sh; then
+    echo "fuzz: OK ($((SECONDS - start)) s)"
+  else
+    echo "fuzz: FAILED ($((SECONDS - start)) s)"
     status=1
   fi
 fi
