@@ -413,6 +413,16 @@ def regressions(out):
     write(f"{out}/fuzz_t5_tokenizer/long_piece_long_word", parts(long_piece, config, "a" * 6000))
     marks = "a" + "".join("\u0301" if i % 2 == 0 else "\u0316" for i in range(30000))
     write(f"{out}/fuzz_clip_tokenizer/combining_marks_30000", parts(*small, marks))
+    # Values nested 40000 deep where other dump() calls print them: ModelIndex's components, a
+    # vocab.json id, tokenizer_config.json's integers and special tokens.
+    deep = "[" * 40000 + "]" * 40000
+    write(f"{out}/fuzz_configs/model_index_nested_40000_deep.json",
+          '{"_class_name":"FluxPipeline","transformer":' + deep + "}")
+    write(f"{out}/fuzz_clip_tokenizer/vocab_id_nested_40000_deep",
+          parts(small[0].rstrip().rstrip("}") + ',"zz":' + deep + "}", small[1], small[2], "the cat"))
+    write(f"{out}/fuzz_clip_tokenizer/model_max_length_nested_40000_deep",
+          parts(small[0], small[1], '{"model_max_length":' + deep + "}", "the cat"))
+    write(f"{out}/fuzz_t5_tokenizer/eos_token_nested_40000_deep", parts(model, '{"eos_token":' + deep + "}", "a cat"))
 
 
 def main():

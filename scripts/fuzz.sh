@@ -86,6 +86,8 @@ run_target() {
       -dict="fuzz/dict/${dict[$target]}.dict" -artifact_prefix="$artifacts" -print_final_stats=1 \
       "$scratch" "fuzz/corpus/$target" >>"$log" 2>&1 || status=$?
   fi
+  # A target that crashed could not remove its scratch folder (fuzz_support.cpp's ScratchFolder).
+  rm -rf "${TMPDIR:-/tmp}/diffuse-$target-"*
   local runs execs new result artifact
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   execs=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "diffuse/error.hpp"
+#include "io/json_text.hpp"
 
 namespace diffuse {
 
@@ -19,10 +20,10 @@ ModelIndex ModelIndex::from_file(const std::filesystem::path& file) {
     const nlohmann::json entry = nlohmann::json::parse(json.dump(key));
     if (entry.is_null()) continue;
     if (!entry.is_array() || entry.size() != 2)
-      throw Error(file.string() + ": key '" + key + "' should be [library, class], got " + entry.dump());
+      throw Error(file.string() + ": key '" + key + "' should be [library, class], got " + json_for_message(entry));
     if (entry[0].is_null() && entry[1].is_null()) continue;
     if (!entry[0].is_string() || !entry[1].is_string())
-      throw Error(file.string() + ": key '" + key + "' should be [library, class], got " + entry.dump());
+      throw Error(file.string() + ": key '" + key + "' should be [library, class], got " + json_for_message(entry));
     index.components[key] = {entry[0].get<std::string>(), entry[1].get<std::string>()};
   }
   return index;

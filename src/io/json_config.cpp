@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "diffuse/error.hpp"
+#include "io/json_text.hpp"
 
 namespace diffuse {
 
@@ -129,7 +130,9 @@ std::optional<JsonConfig> JsonConfig::get_object(std::string_view key) const {
 
 std::string JsonConfig::dump(std::string_view key) const {
   auto it = root_->json.find(std::string(key));
-  return it == root_->json.end() ? "" : it->dump();
+  if (it == root_->json.end()) return "";
+  if (!json_depth_at_most(*it, 16)) throw Error(source_ + ": key '" + std::string(key) + "' is nested too deep");
+  return it->dump();
 }
 
 }  // namespace diffuse

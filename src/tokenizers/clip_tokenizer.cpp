@@ -9,6 +9,7 @@
 #include "diffuse/error.hpp"
 #include "tokenizers/tokenizer_common.hpp"
 #include "tokenizers/unicode.hpp"
+#include "io/json_text.hpp"
 
 namespace diffuse {
 
@@ -67,7 +68,7 @@ std::unordered_map<std::string, int64_t> read_vocab(const std::filesystem::path&
   for (const auto& [token, id] : json.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0)
       throw Error(file.string() + ": the id of token " + nlohmann::json(token).dump() +
-                  " should be a non-negative integer, got " + id.dump());
+                  " should be a non-negative integer, got " + json_for_message(id));
     vocab.emplace(token, id.get<int64_t>());
   }
   if (vocab.empty()) throw Error(file.string() + ": the vocabulary is empty");

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "diffuse/error.hpp"
+#include "io/json_text.hpp"
 
 namespace diffuse::tokenizers {
 
@@ -40,7 +41,7 @@ std::optional<std::string> token_content(const nlohmann::json& value, const std:
   if (value.is_object() && value.contains("content") && value["content"].is_string())
     return value["content"].get<std::string>();
   throw Error(file.string() + ": '" + key + "' should be a token string or {\"content\": ...}, got " +
-              value.dump());
+              json_for_message(value));
 }
 
 }  // namespace
@@ -73,7 +74,7 @@ int64_t TokenizerConfig::integer(const char* key, int64_t fallback) const {
   if (it->is_number_float() && it->get<double>() > -9.2e18 &&
       it->get<double>() == static_cast<double>(static_cast<int64_t>(it->get<double>())))
     return static_cast<int64_t>(it->get<double>());
-  throw Error(file.string() + ": '" + key + "' should be an integer, got " + it->dump());
+  throw Error(file.string() + ": '" + key + "' should be an integer, got " + json_for_message(*it));
 }
 
 void SpecialTokens::add(std::string content, int64_t id) {
