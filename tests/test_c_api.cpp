@@ -701,7 +701,8 @@ TEST(CApiErrors, CreateNamesWhatIsWrong) {
 
   // An older caller's smaller struct: init writes its bytes and not one past them.
   struct Older {
-    unsigned char options[offsetof(diffuse_pipeline_options, ulysses_degree) + sizeof(int32_t)];
+    alignas(diffuse_pipeline_options) unsigned char options[offsetof(diffuse_pipeline_options, ulysses_degree) +
+                                                            sizeof(int32_t)];
     unsigned char guard[64];
   } older;
   std::memset(&older, 0xAB, sizeof older);
