@@ -138,8 +138,8 @@ GeneratePlan plan_generate(diffuse_pipeline& p, const diffuse_generate_request& 
   check_common(r.num_images_per_prompt, r.max_sequence_length);
   if (r.num_inference_steps < 1)
     invalid("num_inference_steps must be at least 1, got " + std::to_string(r.num_inference_steps));
-  if (r.output_type < DIFFUSE_OUTPUT_IMAGE || r.output_type > DIFFUSE_OUTPUT_TENSOR)
-    invalid("unknown output_type " + std::to_string(static_cast<int>(r.output_type)));
+  if (const int type = enum_value(r.output_type); type < DIFFUSE_OUTPUT_IMAGE || type > DIFFUSE_OUTPUT_TENSOR)
+    invalid("unknown output_type " + std::to_string(type));
 
   const FluxTransformerConfig& config = p.transformer_config;
   int64_t rows = static_cast<int64_t>(prompts.size());

@@ -119,6 +119,16 @@ T read_versioned(const T* in, const T& defaults, size_t v1_size, const char* nam
   return out;
 }
 
+// A C caller may pass any int where an enum is declared; C++ may not even load an enum outside its
+// enumerators' range, so such a value is read as the integer it is.
+template <typename Enum>
+int enum_value(const Enum& value) {
+  static_assert(sizeof(Enum) == sizeof(int), "C enums are ints here");
+  int raw = 0;
+  std::memcpy(&raw, &value, sizeof raw);
+  return raw;
+}
+
 // An *_init_sized function: `defaults` into the caller's struct of `struct_size` bytes (its own sizeof),
 // however that compares with this library's.
 template <typename T>

@@ -37,9 +37,10 @@ diffuse_status diffuse_set_log_callback(diffuse_log_callback callback, void* use
 diffuse_status diffuse_set_log_level(diffuse_log_level level) {
   return diffuse::c_api::guarded("diffuse_set_log_level", [&] {
     static const char* const names[] = {"trace", "debug", "info", "warn", "error", "off"};
-    if (level < DIFFUSE_LOG_TRACE || level > DIFFUSE_LOG_OFF)
-      diffuse::c_api::invalid("unknown log level " + std::to_string(static_cast<int>(level)));
-    diffuse::set_log_level(names[level]);
+    const int value = diffuse::c_api::enum_value(level);
+    if (value < DIFFUSE_LOG_TRACE || value > DIFFUSE_LOG_OFF)
+      diffuse::c_api::invalid("unknown log level " + std::to_string(value));
+    diffuse::set_log_level(names[value]);
     return DIFFUSE_OK;
   });
 }
