@@ -536,7 +536,7 @@ TEST(BadConfigs, AnAbsurdLayerCountIsRefusedBeforeTheModelIsBuilt) {
   EXPECT_FALSE(o.killed_at_deadline) << "still building blocks at the deadline";
   EXPECT_EQ(o.exit_code, 3) << "expected a diffuse::Error\n" << o.output.substr(0, 1000);
   EXPECT_NE(o.output.find("num_layers"), std::string::npos) << o.output.substr(0, 1000);
-  EXPECT_LT(o.seconds, 5.0);
+  EXPECT_LT(o.seconds, 30.0);  // wall clock of a whole process on a loaded 2-core machine; building the blocks takes minutes
 }
 
 // ==== a rank that dies inside a collective ==========================================================
