@@ -10,7 +10,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libgloo-dev libopenblas0-pthread
-  nlohmann-json3-dev libspdlog-dev libfmt-dev libpng-dev
+  nlohmann-json3-dev libspdlog-dev libfmt-dev libpng-dev libcli11-dev
   libgtest-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev llvm-14
 )

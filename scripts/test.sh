@@ -58,7 +58,9 @@ if [ "${DIFFUSE_TEST_SANITIZERS:-${DIFFUSE_TEST_ASAN:-1}}" != 0 ]; then
   # any report that is not suppressed end the program (as -fno-sanitize-recover would).
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$PWD/tests/ubsan.supp"
   # gtest_discover_tests runs each program while building; leaks are checked on the real runs below.
+  # -O1 -g1 (line tables are enough for the reports) compiles in about half the time of -O2 -g.
   if cmake -S . -B build-sanitize "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+       "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" \
        "-DCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-omit-frame-pointer" \
        -DDIFFUSE_BUILD_EXAMPLES=OFF -DDIFFUSE_BUILD_BENCHMARKS=OFF >/dev/null &&
      ASAN_OPTIONS=detect_leaks=0 cmake --build build-sanitize -j"${DIFFUSE_BUILD_JOBS:-$(nproc)}" \
