@@ -64,4 +64,13 @@ at::Tensor unscale_latents(const at::Tensor& latents, const AutoencoderKLConfig&
   return latents / config.scaling_factor + config.shift_factor.value_or(0.0);
 }
 
+std::vector<std::string> AutoencoderKLImpl::unit_containers() const {
+  return {"", "encoder", "decoder", "encoder.down_blocks", "decoder.up_blocks"};
+}
+
+uint64_t AutoencoderKLImpl::activation_estimate() const {
+  // Decoding at 1024x1024: a few full-resolution maps of the first block's channels.
+  return uint64_t{1024} * 1024 * static_cast<uint64_t>(config_.block_out_channels.front()) * 6 * weight_element_bytes(*this);
+}
+
 }  // namespace diffuse

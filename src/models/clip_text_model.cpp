@@ -113,4 +113,12 @@ ClipTextModel load_clip_text_model(const std::filesystem::path& folder, c10::Sca
   return load_pretrained<ClipTextModel, ClipTextConfig>(folder, {.dtype = dtype, .device = device});
 }
 
+std::vector<std::string> ClipTextModelImpl::unit_containers() const { return {"", "encoder", "encoder.layers"}; }
+
+uint64_t ClipTextModelImpl::activation_estimate() const {
+  const auto& c = config_;
+  return static_cast<uint64_t>(c.max_position_embeddings) * static_cast<uint64_t>(3 * c.intermediate_size + 6 * c.hidden_size) *
+         weight_element_bytes(*this);
+}
+
 }  // namespace diffuse

@@ -170,4 +170,16 @@ FluxTransformer2DModel load_flux_transformer(const std::filesystem::path& folder
   return load_pretrained<FluxTransformer2DModel, FluxTransformerConfig>(folder, {.dtype = dtype, .device = device});
 }
 
+std::vector<std::string> FluxTransformer2DModelImpl::unit_containers() const {
+  return {"", "transformer_blocks", "single_transformer_blocks"};
+}
+
+uint64_t FluxTransformer2DModelImpl::activation_estimate() const {
+  // At 1024x1024 with 512 text tokens a single-stream block holds about 20 rows of inner_dim per token
+  // at its peak: the 4x MLP activations before and after GELU, q/k/v, the attention output and the
+  // concatenation fed to proj_out.
+  const uint64_t tokens = 512 + 4096;
+  return tokens * static_cast<uint64_t>(config_.inner_dim()) * 20 * weight_element_bytes(*this);
+}
+
 }  // namespace diffuse

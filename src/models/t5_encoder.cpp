@@ -162,12 +162,29 @@ at::Tensor T5EncoderModelImpl::forward(const at::Tensor& input_ids) {
   return encoder->forward(forward_unit(*shared, ids));
 }
 
-T5EncoderModel load_t5_encoder(const std::filesystem::path& folder, c10::ScalarType dtype, c10::Device device) {
-  WeightLoadOptions options{.dtype = dtype, .device = device};
+WeightLoadOptions T5EncoderModelImpl::weight_load_options(c10::ScalarType dtype) {
+  WeightLoadOptions options{.dtype = dtype};
   // The encoder's embed_tokens is tied to `shared`; some checkpoints store both.
   options.tied_aliases = {{"encoder.embed_tokens.weight", "shared.weight"}};
   if (dtype == c10::kHalf) options.keep_in_float32 = {"wo"};  // transformers' T5 _keep_in_fp32_modules
+  return options;
+}
+
+T5EncoderModel load_t5_encoder(const std::filesystem::path& folder, c10::ScalarType dtype, c10::Device device) {
+  WeightLoadOptions options = T5EncoderModelImpl::weight_load_options(dtype);
+  options.device = device;
   return load_pretrained<T5EncoderModel, T5Config>(folder, options);
+}
+
+std::vector<std::string> T5EncoderModelImpl::unit_containers() const { return {"", "encoder", "encoder.block"}; }
+
+uint64_t T5EncoderModelImpl::activation_estimate() const {
+  // 512 tokens: the gated feed-forward's two d_ff rows and the hidden states, plus the float32
+  // position bias.
+  const uint64_t tokens = 512;
+  const auto& c = config_;
+  return tokens * static_cast<uint64_t>(3 * c.d_ff + 4 * c.d_model) * weight_element_bytes(*this) +
+         static_cast<uint64_t>(c.num_heads) * tokens * tokens * 4;
 }
 
 }  // namespace diffuse

@@ -23,30 +23,16 @@ void load_placed_weights(torch::nn::Module& model, const Checkpoint& checkpoint,
   load_weights(model, checkpoint, options);
 }
 
-std::string folder_name(const std::filesystem::path& folder) {
-  return folder.filename().empty() ? folder.parent_path().filename().string() : folder.filename().string();
-}
+}  // namespace
 
-template <typename Model, typename Config>
-Model load_with_device_map(const std::filesystem::path& folder, const ModelLoadOptions& options,
-                           WeightLoadOptions weights) {
-  weights.dtype = options.dtype;
-  weights.device = c10::Device(options.device);
-  const std::string* strategy = std::get_if<std::string>(&options.device_map);
-  if (strategy != nullptr && strategy->empty()) return load_pretrained<Model, Config>(folder, weights);
-
-  const std::string what = folder_name(folder);
-  const Config config = Config::from_file(folder / "config.json");
-  const Checkpoint checkpoint = Checkpoint::open(folder);
-  // Built on the CPU, uninitialized: the pages are never touched, each tensor is replaced by the
-  // checkpoint's on its own device, and units on "disk" get empty placeholders.
-  Model model(config, at::TensorOptions().dtype(options.dtype).device(c10::kCPU));
-  const std::vector<ModelUnit> units = model_units(*model, weights.keep_in_float32);
+void load_placed_model(torch::nn::Module& model, const Checkpoint& checkpoint, const ModelLoadOptions& options,
+                       const WeightLoadOptions& weights, const std::string& what) {
+  const std::vector<ModelUnit> units = model_units(model, weights.keep_in_float32);
   DeviceMap map;
-  if (strategy != nullptr) {
+  if (const std::string* strategy = std::get_if<std::string>(&options.device_map)) {
     PlanOptions plan_options;
     plan_options.strategy = parse_placement_strategy(*strategy);
-    plan_options.activation_bytes = options.activation_memory == "auto" ? activation_estimate(*model)
+    plan_options.activation_bytes = options.activation_memory == "auto" ? activation_estimate(model)
                                                                         : parse_memory_size(options.activation_memory);
     plan_options.model = what;
     const DevicePlan plan = plan_model_placement(placement_units(units), get_max_memory(options.max_memory), plan_options);
@@ -56,32 +42,25 @@ Model load_with_device_map(const std::filesystem::path& folder, const ModelLoadO
     map = resolve_device_map(std::get<DeviceMap>(options.device_map), units, what);
   }
   DIFFUSE_LOG_INFO("{}: device map {}", what, map.to_json());
-  load_placed_weights(*model, checkpoint, map, weights);
-  dispatch_model(*model, map, {.checkpoint = checkpoint});
-  model->eval();
-  return model;
+  load_placed_weights(model, checkpoint, map, weights);
+  dispatch_model(model, map, {.checkpoint = checkpoint});
+  model.eval();
 }
 
-}  // namespace
-
 FluxTransformer2DModel load_flux_transformer(const std::filesystem::path& folder, const ModelLoadOptions& options) {
-  return load_with_device_map<FluxTransformer2DModel, FluxTransformerConfig>(folder, options, {});
+  return load_model<FluxTransformer2DModel>(folder, options);
 }
 
 T5EncoderModel load_t5_encoder(const std::filesystem::path& folder, const ModelLoadOptions& options) {
-  // As load_t5_encoder(folder, dtype, device): the tied embedding alias, and `wo` in float32 under float16.
-  WeightLoadOptions weights;
-  weights.tied_aliases = {{"encoder.embed_tokens.weight", "shared.weight"}};
-  if (options.dtype == c10::kHalf) weights.keep_in_float32 = {"wo"};
-  return load_with_device_map<T5EncoderModel, T5Config>(folder, options, weights);
+  return load_model<T5EncoderModel>(folder, options);
 }
 
 ClipTextModel load_clip_text_model(const std::filesystem::path& folder, const ModelLoadOptions& options) {
-  return load_with_device_map<ClipTextModel, ClipTextConfig>(folder, options, {});
+  return load_model<ClipTextModel>(folder, options);
 }
 
 AutoencoderKL load_autoencoder_kl(const std::filesystem::path& folder, const ModelLoadOptions& options) {
-  return load_with_device_map<AutoencoderKL, AutoencoderKLConfig>(folder, options, {});
+  return load_model<AutoencoderKL>(folder, options);
 }
 
 }  // namespace diffuse

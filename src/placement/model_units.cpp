@@ -4,26 +4,18 @@
 #include <set>
 
 #include "diffuse/error.hpp"
-#include "diffuse/models/autoencoder_kl.hpp"
-#include "diffuse/models/clip_text_model.hpp"
-#include "diffuse/models/flux_transformer.hpp"
-#include "diffuse/models/t5_encoder.hpp"
+#include "diffuse/placement/placeable_model.hpp"
 
 namespace diffuse {
 namespace {
 
-// Modules that are not units themselves: their children are (or are containers again). Containers own
-// no parameters of their own.
-std::vector<std::string> containers_of(const torch::nn::Module& model) {
-  if (dynamic_cast<const FluxTransformer2DModelImpl*>(&model))
-    return {"", "transformer_blocks", "single_transformer_blocks"};
-  if (dynamic_cast<const T5EncoderModelImpl*>(&model)) return {"", "encoder", "encoder.block"};
-  if (dynamic_cast<const ClipTextModelImpl*>(&model)) return {"", "encoder", "encoder.layers"};
-  if (dynamic_cast<const AutoencoderKLImpl*>(&model))
-    return {"", "encoder", "decoder", "encoder.down_blocks", "decoder.up_blocks"};
-  throw Error("placement: " + model.name() +
-              " is not a model that diffuse can place (FluxTransformer2DModel, T5EncoderModel, ClipTextModel, "
-              "AutoencoderKL)");
+// The model's declaration of what placement may split; anything else is refused with its name.
+const PlaceableModel& placeable(const torch::nn::Module& model) {
+  const auto* placeable = dynamic_cast<const PlaceableModel*>(&model);
+  if (placeable == nullptr)
+    throw Error("placement: " + model.name() +
+                " is not a model that diffuse can place (a model declares its units by deriving from PlaceableModel)");
+  return *placeable;
 }
 
 uint64_t element_bytes(c10::ScalarType type) { return static_cast<uint64_t>(c10::elementSize(type)); }
@@ -31,7 +23,7 @@ uint64_t element_bytes(c10::ScalarType type) { return static_cast<uint64_t>(c10:
 }  // namespace
 
 std::vector<ModelUnit> model_units(const torch::nn::Module& model, const std::vector<std::string>& keep_in_float32) {
-  const std::vector<std::string> containers = containers_of(model);
+  const std::vector<std::string> containers = placeable(model).unit_containers();
   auto is_container = [&](const std::string& name) {
     return std::find(containers.begin(), containers.end(), name) != containers.end();
   };
@@ -69,33 +61,7 @@ std::vector<PlacementUnit> placement_units(const std::vector<ModelUnit>& units) 
   return out;
 }
 
-uint64_t activation_estimate(const torch::nn::Module& model) {
-  const auto parameters = model.parameters();
-  const uint64_t element = parameters.empty() ? 4 : element_bytes(parameters.front().scalar_type());
-  const uint64_t text_tokens = 512, image_tokens = 4096;  // 1024x1024 at 16 pixels per token
-  if (const auto* flux = dynamic_cast<const FluxTransformer2DModelImpl*>(&model)) {
-    // A single-stream block holds about 20 rows of inner_dim per token at its peak: the 4x MLP
-    // activations before and after GELU, q/k/v, the attention output and the concatenation fed to proj_out.
-    return (text_tokens + image_tokens) * static_cast<uint64_t>(flux->config().inner_dim()) * 20 * element;
-  }
-  if (const auto* t5 = dynamic_cast<const T5EncoderModelImpl*>(&model)) {
-    const auto& c = t5->config();
-    // The gated feed-forward's two d_ff rows and the hidden states, plus the float32 position bias.
-    return text_tokens * static_cast<uint64_t>(3 * c.d_ff + 4 * c.d_model) * element +
-           static_cast<uint64_t>(c.num_heads) * text_tokens * text_tokens * 4;
-  }
-  if (const auto* clip = dynamic_cast<const ClipTextModelImpl*>(&model)) {
-    const auto& c = clip->config();
-    return 77 * static_cast<uint64_t>(3 * c.intermediate_size + 6 * c.hidden_size) * element;
-  }
-  if (const auto* vae = dynamic_cast<const AutoencoderKLImpl*>(&model)) {
-    // Decoding at 1024x1024: a few full-resolution maps of the first block's channels.
-    const auto& c = vae->config();
-    return uint64_t{1024} * 1024 * static_cast<uint64_t>(c.block_out_channels.front()) * 6 * element;
-  }
-  containers_of(model);  // throws for a model it does not know
-  return 0;
-}
+uint64_t activation_estimate(const torch::nn::Module& model) { return placeable(model).activation_estimate(); }
 
 uint64_t checkpoint_bytes(const Checkpoint& checkpoint, c10::ScalarType dtype,
                           const std::vector<std::string>& keep_in_float32,

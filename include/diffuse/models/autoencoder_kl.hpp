@@ -16,15 +16,16 @@
 #include "diffuse/io/configs.hpp"
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/vae_blocks.hpp"
-#include "diffuse/placement/module_hooks.hpp"
+#include "diffuse/placement/placeable_model.hpp"
 
 namespace diffuse {
 
 // Its units, for placement: encoder.conv_in, encoder.down_blocks.N, encoder.mid_block,
 // encoder.conv_norm_out, encoder.conv_out, decoder.conv_in, decoder.mid_block, decoder.up_blocks.N,
 // decoder.conv_norm_out, decoder.conv_out, and quant_conv / post_quant_conv when present.
-class AutoencoderKLImpl : public torch::nn::Module, public HookedModule {
+class AutoencoderKLImpl : public torch::nn::Module, public PlaceableModel {
  public:
+  using Config = AutoencoderKLConfig;
   // Children: encoder, decoder, and quant_conv / post_quant_conv when the config asks for them
   // (SD has both; FLUX.1 has neither). Parameters are uninitialized until weights are loaded.
   AutoencoderKLImpl(const AutoencoderKLConfig& config, const at::TensorOptions& options);
@@ -38,6 +39,10 @@ class AutoencoderKLImpl : public torch::nn::Module, public HookedModule {
   at::Tensor decode(const at::Tensor& latents);
 
   const AutoencoderKLConfig& config() const { return config_; }
+
+  // Placement (placement/placeable_model.hpp).
+  std::vector<std::string> unit_containers() const override;
+  uint64_t activation_estimate() const override;
 
  private:
   AutoencoderKLConfig config_;

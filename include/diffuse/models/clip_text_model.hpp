@@ -14,7 +14,7 @@
 
 #include "diffuse/io/configs.hpp"
 #include "diffuse/models/layers.hpp"
-#include "diffuse/placement/module_hooks.hpp"
+#include "diffuse/placement/placeable_model.hpp"
 
 namespace diffuse {
 
@@ -71,12 +71,17 @@ class ClipEncoderImpl : public torch::nn::Module, public HookedModule {
 TORCH_MODULE(ClipEncoder);
 
 // Its units, for placement: embeddings, encoder.layers.N, final_layer_norm.
-class ClipTextModelImpl : public torch::nn::Module, public HookedModule {
+class ClipTextModelImpl : public torch::nn::Module, public PlaceableModel {
  public:
+  using Config = ClipTextConfig;
   ClipTextModelImpl(const ClipTextConfig& config, const at::TensorOptions& options);
   // input_ids: [batch, tokens] integer ids, tokens <= max_position_embeddings.
   ClipTextOutput forward(const at::Tensor& input_ids);
   const ClipTextConfig& config() const { return config_; }
+
+  // Placement (placement/placeable_model.hpp).
+  std::vector<std::string> unit_containers() const override;
+  uint64_t activation_estimate() const override;
 
   ClipTextEmbeddings embeddings{nullptr};
   ClipEncoder encoder{nullptr};

@@ -20,7 +20,7 @@
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/normalization.hpp"
 #include "diffuse/parallel/context_parallel_config.hpp"
-#include "diffuse/placement/module_hooks.hpp"
+#include "diffuse/placement/placeable_model.hpp"
 
 namespace diffuse {
 
@@ -41,8 +41,9 @@ struct FluxTransformerInputs {
 
 // Its units, for placement: time_text_embed, context_embedder, x_embedder, transformer_blocks.N,
 // single_transformer_blocks.N, norm_out, proj_out.
-class FluxTransformer2DModelImpl : public torch::nn::Module, public HookedModule {
+class FluxTransformer2DModelImpl : public torch::nn::Module, public PlaceableModel {
  public:
+  using Config = FluxTransformerConfig;
   // Parameters are allocated uninitialized with `options`: load weights next (load_weights), or fill
   // them with init_random_parameters for a model without a checkpoint.
   FluxTransformer2DModelImpl(const FluxTransformerConfig& config, const at::TensorOptions& options);
@@ -55,6 +56,10 @@ class FluxTransformer2DModelImpl : public torch::nn::Module, public HookedModule
   RotaryEmbedding rotary_embedding(const at::Tensor& txt_ids, const at::Tensor& img_ids) const;
 
   const FluxTransformerConfig& config() const { return config_; }
+
+  // Placement (placement/placeable_model.hpp).
+  std::vector<std::string> unit_containers() const override;
+  uint64_t activation_estimate() const override;
 
   // The kernel every attention of the model runs (diffusers' set_attention_backend): automatic picks
   // cuDNN or flash on CUDA and the math path elsewhere. A named backend that cannot run the inputs

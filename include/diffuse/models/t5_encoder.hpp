@@ -23,7 +23,8 @@
 
 #include "diffuse/io/configs.hpp"
 #include "diffuse/models/layers.hpp"
-#include "diffuse/placement/module_hooks.hpp"
+#include "diffuse/models/weights.hpp"
+#include "diffuse/placement/placeable_model.hpp"
 
 namespace diffuse {
 
@@ -95,13 +96,21 @@ class T5StackImpl : public torch::nn::Module, public HookedModule {
 TORCH_MODULE(T5Stack);
 
 // Its units, for placement: shared, encoder.block.N, encoder.final_layer_norm.
-class T5EncoderModelImpl : public torch::nn::Module, public HookedModule {
+class T5EncoderModelImpl : public torch::nn::Module, public PlaceableModel {
  public:
+  using Config = T5Config;
+  // The checkpoint's "encoder.embed_tokens.weight" is a copy of the tied "shared.weight"; under
+  // float16 the `wo` weights stay float32 (transformers' _keep_in_fp32_modules).
+  static WeightLoadOptions weight_load_options(c10::ScalarType dtype);
   T5EncoderModelImpl(const T5Config& config, const at::TensorOptions& options);
   // input_ids: [batch, tokens] -> last_hidden_state [batch, tokens, d_model]. No attention mask: the
   // Flux pipeline passes none, so padding tokens are attended to, as there.
   at::Tensor forward(const at::Tensor& input_ids);
   const T5Config& config() const { return config_; }
+
+  // Placement (placement/placeable_model.hpp).
+  std::vector<std::string> unit_containers() const override;
+  uint64_t activation_estimate() const override;
 
   Embedding shared{nullptr};  // the token embedding; transformers ties encoder.embed_tokens to it
   T5Stack encoder{nullptr};

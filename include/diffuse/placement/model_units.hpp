@@ -1,13 +1,8 @@
 #pragma once
-// A model as placement sees it: units in the order forward runs them, each placed whole.
-//   FluxTransformer2DModel  time_text_embed, context_embedder, x_embedder, transformer_blocks.N,
-//                           single_transformer_blocks.N, norm_out, proj_out
-//   T5EncoderModel          shared (the token embedding, used at entry), encoder.block.N,
-//                           encoder.final_layer_norm
-//   ClipTextModel           embeddings, encoder.layers.N, final_layer_norm
-//   AutoencoderKL           encoder.conv_in, encoder.down_blocks.N, encoder.mid_block, encoder.conv_norm_out,
-//                           encoder.conv_out, decoder.conv_in, decoder.mid_block, decoder.up_blocks.N,
-//                           decoder.conv_norm_out, decoder.conv_out (+ quant_conv, post_quant_conv)
+// A model as placement sees it: units in the order forward runs them, each placed whole. Which modules
+// are units is the model's declaration (placement/placeable_model.hpp); e.g. FluxTransformer2DModel's
+// are time_text_embed, context_embedder, x_embedder, transformer_blocks.N, single_transformer_blocks.N,
+// norm_out and proj_out.
 // Sizes come from the parameters' shapes: a model built from its config with uninitialized parameters
 // has them without a weight being read.
 
@@ -32,16 +27,15 @@ struct ModelUnit {
   uint64_t bytes = 0;                         // parameters and buffers
 };
 
-// The units of one of diffuse's models, in execution order. Parameters named by `keep_in_float32`
+// The units of a PlaceableModel, in execution order. Parameters named by `keep_in_float32`
 // (as WeightLoadOptions names them) count 4 bytes per element whatever their dtype now. Throws
-// diffuse::Error for a module that is not one of the models above.
+// diffuse::Error for a module that is not a PlaceableModel.
 std::vector<ModelUnit> model_units(const torch::nn::Module& model, const std::vector<std::string>& keep_in_float32 = {});
 
 // Names and sizes only, for the planner.
 std::vector<PlacementUnit> placement_units(const std::vector<ModelUnit>& units);
 
-// A rough bound on the largest unit's activations for one image at FLUX.1's usual sizes (1024x1024,
-// 512 text tokens), in the model's dtype: what a device that runs units keeps free.
+// The model's PlaceableModel::activation_estimate: what a device that runs its units keeps free.
 uint64_t activation_estimate(const torch::nn::Module& model);
 
 // The bytes a checkpoint's weights take once loaded in `dtype` (floating-point tensors converted, those
