@@ -414,7 +414,7 @@ TEST(DeviceMapApplied, TransformerSplitBetweenCpuAndDiskGivesTheSameLatents) {
   // Units on disk hold no memory until they run.
   EXPECT_EQ(planned->proj_out->weight.numel(), 0);
 
-  FluxPipeline pipe = tiny_pipeline({.components = {.transformer = planned}});
+  FluxPipeline pipe = tiny_pipeline({.components = {{"transformer", planned}}});
   expect_same_output(pipe.generate(test::reference_request()), "cpu+disk (auto)");
   EXPECT_EQ(planned->proj_out->weight.numel(), 0);  // released after each run
 
@@ -422,14 +422,14 @@ TEST(DeviceMapApplied, TransformerSplitBetweenCpuAndDiskGivesTheSameLatents) {
   FluxTransformer2DModel alternating = load_flux_transformer(
       dir, {.device_map = DeviceMap{{"", "disk"}, {"transformer_blocks.1", "cpu"}, {"single_transformer_blocks.0", "cpu"},
                                     {"x_embedder", "cpu"}}});
-  FluxPipeline pipe2 = tiny_pipeline({.components = {.transformer = alternating}});
+  FluxPipeline pipe2 = tiny_pipeline({.components = {{"transformer", alternating}}});
   expect_same_output(pipe2.generate(test::reference_request()), "alternating cpu/disk");
 
   // Hooks off: the disk units are read back and the model is whole again.
   remove_hooks(*alternating);
   EXPECT_TRUE(alternating->device_map().empty());
   EXPECT_GT(alternating->proj_out->weight.numel(), 0);
-  FluxPipeline pipe3 = tiny_pipeline({.components = {.transformer = alternating}});
+  FluxPipeline pipe3 = tiny_pipeline({.components = {{"transformer", alternating}}});
   expect_same_output(pipe3.generate(test::reference_request()), "hooks removed");
 }
 
@@ -445,7 +445,7 @@ TEST(DeviceMapApplied, TransformerOverTheTestDevicesCpuAndDiskMatchesDiffusers) 
       {.device_map = DeviceMap{{"", main}, {"transformer_blocks.0", "cpu"}, {"transformer_blocks.1", "disk"},
                                {"single_transformer_blocks", second}, {"norm_out", "cpu"}}});
   std::cout << "[ map ] " << transformer->device_map() << "\n";
-  FluxPipeline pipe = tiny_pipeline({.device = main, .components = {.transformer = transformer}});
+  FluxPipeline pipe = tiny_pipeline({.device = main, .components = {{"transformer", transformer}}});
   EXPECT_EQ(pipe.execution_device("transformer"), device);
   const GenerateOutput out = pipe.generate(test::reference_request());
   const SafetensorsFile& reference = test::tiny_flux_reference();
@@ -459,14 +459,15 @@ TEST(DeviceMapApplied, EveryModelRunsUnderHooks) {
   DIFFUSE_REQUIRE_FIXTURES();
   const fs::path dir = test::tiny_flux_pipeline();
   // Every unit of every model read from disk when it runs, except one per model kept on the CPU.
-  FluxComponents components;
-  components.text_encoder =
-      load_clip_text_model(dir / "text_encoder", {.device_map = DeviceMap{{"", "disk"}, {"encoder.layers.1", "cpu"}}});
-  components.text_encoder_2 =
-      load_t5_encoder(dir / "text_encoder_2", {.device_map = DeviceMap{{"", "disk"}, {"encoder.block.1", "cpu"}}});
-  components.transformer = load_flux_transformer(dir / "transformer", {.device_map = DeviceMap{{"", "disk"}}});
-  components.vae = load_autoencoder_kl(dir / "vae", {.device_map = DeviceMap{{"", "disk"}, {"decoder.mid_block", "cpu"}}});
-  EXPECT_EQ(components.text_encoder_2->device_map().at("shared"), "disk");
+  ComponentMap components;
+  components.set("text_encoder", load_model<ClipTextModel>(
+                                     dir / "text_encoder", {.device_map = DeviceMap{{"", "disk"}, {"encoder.layers.1", "cpu"}}}));
+  const T5EncoderModel t5 =
+      load_model<T5EncoderModel>(dir / "text_encoder_2", {.device_map = DeviceMap{{"", "disk"}, {"encoder.block.1", "cpu"}}});
+  components.set("text_encoder_2", t5);
+  components.set("transformer", load_model<FluxTransformer2DModel>(dir / "transformer", {.device_map = DeviceMap{{"", "disk"}}}));
+  components.set("vae", load_model<AutoencoderKL>(dir / "vae", {.device_map = DeviceMap{{"", "disk"}, {"decoder.mid_block", "cpu"}}}));
+  EXPECT_EQ(t5->device_map().at("shared"), "disk");
   FluxPipeline pipe = tiny_pipeline({.components = components});
   expect_same_output(pipe.generate(test::reference_request()), "all on disk");
   const SafetensorsFile& reference = test::tiny_flux_reference();
@@ -550,7 +551,7 @@ TEST(DeviceMapApplied, ErrorsNameWhatIsWrong) {
   EXPECT_ERROR_CONTAINS(dispatch_model(*loaded, {{"", "disk"}}), "needs the checkpoint they are read from");
   // A model placed by its own map cannot be moved or offloaded with the pipeline.
   FluxTransformer2DModel mapped = load_flux_transformer(dir / "transformer", {.device_map = DeviceMap{{"", "cpu"}}});
-  FluxPipeline pipe = tiny_pipeline({.components = {.transformer = mapped}});
+  FluxPipeline pipe = tiny_pipeline({.components = {{"transformer", mapped}}});
   EXPECT_ERROR_CONTAINS(pipe.to("cpu"), "component 'transformer' is placed by its own device map");
   EXPECT_ERROR_CONTAINS(pipe.enable_model_cpu_offload(), "'transformer' is placed by its own device map");
   pipe.remove_all_hooks();

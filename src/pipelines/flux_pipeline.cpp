@@ -4,8 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
-#include <random>
 
 #include "diffuse/distributed/communicator.hpp"
 #include "diffuse/error.hpp"
@@ -14,68 +12,13 @@
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
 #include "diffuse/placement/device_memory.hpp"
-#include "diffuse/placement/dispatch.hpp"
-#include "diffuse/placement/model_units.hpp"
-#include "diffuse/placement/module_hooks.hpp"
-#include "diffuse/placement/planner.hpp"
+#include "diffuse/schedulers/flow_match_euler_discrete.hpp"
+#include "diffuse/tokenizers/clip_tokenizer.hpp"
+#include "diffuse/tokenizers/t5_tokenizer.hpp"
 #include "log.hpp"
+#include "pipeline_support.hpp"
 
 namespace diffuse {
-namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// The classes this pipeline knows, by model_index.json component.
-const std::map<std::string, std::vector<std::string>>& known_classes() {
-  static const std::map<std::string, std::vector<std::string>> classes = {
-      {"scheduler", {"FlowMatchEulerDiscreteScheduler"}},
-      {"text_encoder", {"CLIPTextModel"}},
-      {"text_encoder_2", {"T5EncoderModel"}},
-      {"tokenizer", {"CLIPTokenizer", "CLIPTokenizerFast"}},
-      {"tokenizer_2", {"T5Tokenizer", "T5TokenizerFast"}},
-      {"transformer", {"FluxTransformer2DModel"}},
-      {"vae", {"AutoencoderKL"}},
-  };
-  return classes;
-}
-
-bool contains(const std::vector<std::string>& names, const std::string& name) {
-  return std::find(names.begin(), names.end(), name) != names.end();
-}
-
-// Repeats each row `times` times, keeping rows of one prompt together ([p0, p0, p1, p1]), as
-// diffusers' repeat + view does.
-at::Tensor repeat_rows(const at::Tensor& t, int64_t times) {
-  return times == 1 ? t : t.repeat_interleave(times, 0);
-}
-
-// Model CPU offload: a component is on its GPU only while this lives (no-op without a device).
-class OnDeviceWhileRunning {
- public:
-  OnDeviceWhileRunning(torch::nn::Module& model, std::optional<c10::Device> device)
-      : model_(device ? &model : nullptr) {
-    if (model_) model_->to(*device);
-  }
-  ~OnDeviceWhileRunning() {
-    if (model_) model_->to(c10::kCPU);
-  }
-  OnDeviceWhileRunning(const OnDeviceWhileRunning&) = delete;
-  OnDeviceWhileRunning& operator=(const OnDeviceWhileRunning&) = delete;
-
- private:
-  torch::nn::Module* model_;
-};
-
-// The model components, in the order the pipeline runs them.
-const std::vector<std::string>& model_component_names() {
-  static const std::vector<std::string> names = {"text_encoder", "text_encoder_2", "transformer", "vae"};
-  return names;
-}
-
-}  // namespace
 
 OutputType parse_output_type(std::string_view name) {
   if (name == "image" || name == "pil" || name == "np") return OutputType::Image;
@@ -84,89 +27,34 @@ OutputType parse_output_type(std::string_view name) {
   throw Error("unknown output type '" + std::string(name) + "' (expected image, latent or tensor)");
 }
 
-FluxPipeline FluxPipeline::from_pretrained(const std::filesystem::path& folder, FluxPipelineOptions options) {
-  const auto index_path = folder / "model_index.json";
-  if (!std::filesystem::exists(index_path))
-    throw Error(folder.string() + ": no model_index.json (not a diffusers pipeline folder)");
-  const ModelIndex index = ModelIndex::from_file(index_path);
-  if (index.class_name != "FluxPipeline")
-    DIFFUSE_LOG_WARN("{}: pipeline class is {}, loading it as FluxPipeline", index_path.string(), index.class_name);
-
-  for (const std::string& name : options.skip)
-    if (!known_classes().count(name))
-      throw Error("cannot skip '" + name + "': FluxPipeline has no such component");
-
-  FluxPipeline pipe;
-  pipe.folder_ = folder;
-  pipe.dtype_ = options.dtype;
-  pipe.device_ = c10::Device(options.device);
-  pipe.components_ = std::move(options.components);
-  FluxComponents& c = pipe.components_;
-
-  // Every component this pipeline needs must be named in model_index.json with a class it knows.
-  for (const auto& [name, classes] : known_classes()) {
-    auto entry = index.components.find(name);
-    if (entry == index.components.end())
-      throw Error(index_path.string() + ": component '" + name + "' is missing (FluxPipeline needs it)");
-    if (!contains(classes, entry->second.class_name))
-      throw Error(index_path.string() + ": component '" + name + "' has class " + entry->second.class_name +
-                  ", which diffuse does not implement (expected " + classes.front() + ")");
-  }
-
-  auto wanted = [&](const std::string& name) { return !contains(options.skip, name); };
-  auto subfolder = [&](const std::string& name) {
-    const auto path = folder / name;
-    if (!std::filesystem::is_directory(path))
-      throw Error(folder.string() + ": component folder '" + name + "' is missing");
-    return path;
+const PipelineSpec& FluxPipeline::pipeline_spec() {
+  static const PipelineSpec spec{
+      .class_name = "FluxPipeline",
+      .components = {{"scheduler", {"FlowMatchEulerDiscreteScheduler"}},
+                     {"text_encoder", {"CLIPTextModel"}},
+                     {"text_encoder_2", {"T5EncoderModel"}},
+                     {"tokenizer", {"CLIPTokenizer", "CLIPTokenizerFast"}},
+                     {"tokenizer_2", {"T5TokenizerFast", "T5Tokenizer"}},
+                     {"transformer", {"FluxTransformer2DModel"}},
+                     {"vae", {"AutoencoderKL"}}},
+      .model_cpu_offload_seq = {"text_encoder", "text_encoder_2", "transformer", "vae"},
   };
+  return spec;
+}
 
+FluxPipeline FluxPipeline::from_pretrained(const std::filesystem::path& folder, FluxPipelineOptions options) {
+  FluxPipeline pipe;
+  pipe.load_components(folder, options);
   // Configs are read even for skipped models: latent shapes need them.
-  pipe.vae_config_ = AutoencoderKLConfig::from_file(subfolder("vae") / "config.json");
-  pipe.transformer_config_ = FluxTransformerConfig::from_file(subfolder("transformer") / "config.json");
+  pipe.vae_config_ = pipe.has("vae") ? pipe.vae()->config()
+                                     : AutoencoderKLConfig::from_file(pipe.component_folder("vae") / "config.json");
+  pipe.transformer_config_ = pipe.has("transformer")
+                                 ? pipe.transformer()->config()
+                                 : FluxTransformerConfig::from_file(pipe.component_folder("transformer") / "config.json");
   pipe.vae_scale_factor_ = pipe.vae_config_.vae_scale_factor();
   pipe.num_channels_latents_ = pipe.transformer_config_.in_channels / 4;
-
-  const c10::ScalarType dtype = pipe.dtype_;
-  if (!options.device_map.empty()) {
-    if (options.device_map != "balanced")
-      throw Error("FluxPipeline: device_map '" + options.device_map +
-                  "' is not supported for a pipeline (supported: \"balanced\"); to spread one model over devices, "
-                  "load it with its own device_map (\"auto\", ...) and pass it in `components`");
-    // diffusers' balanced map: whole components, sized from their headers (no weight is read).
-    std::vector<PlacementUnit> sizes;
-    for (const std::string& name : model_component_names()) {
-      if (!wanted(name) || pipe.has(name)) continue;
-      std::vector<std::string> keep_in_float32;
-      if (name == "text_encoder_2" && dtype == c10::kHalf) keep_in_float32 = {"wo"};
-      const Checkpoint checkpoint = Checkpoint::open(subfolder(name));
-      sizes.push_back({name, checkpoint_bytes(checkpoint, dtype, keep_in_float32,
-                                              {{"encoder.embed_tokens.weight", "shared.weight"}})});
-    }
-    const DevicePlan plan = plan_pipeline_balanced(sizes, get_max_memory(options.max_memory));
-    for (const auto& note : plan.notes) DIFFUSE_LOG_INFO("device_map balanced: {}", note);
-    pipe.device_map_ = plan.map;
-    DIFFUSE_LOG_INFO("device_map balanced: {}", pipe.device_map_.to_json());
-  }
-  // Each component's device: its place in the device map, else the pipeline's device.
-  auto device_for = [&](const std::string& name) {
-    return pipe.device_map_.contains(name) ? c10::Device(pipe.device_map_.at(name)) : pipe.device_;
-  };
-  if (!c.scheduler && wanted("scheduler"))
-    c.scheduler = FlowMatchEulerDiscreteScheduler::from_pretrained(subfolder("scheduler"));
-  if (!c.tokenizer && wanted("tokenizer")) c.tokenizer = ClipTokenizer::from_pretrained(subfolder("tokenizer"));
-  if (!c.tokenizer_2 && wanted("tokenizer_2"))
-    c.tokenizer_2 = T5Tokenizer::from_pretrained(subfolder("tokenizer_2"));
-  if (c.text_encoder.is_empty() && wanted("text_encoder"))
-    c.text_encoder = load_clip_text_model(subfolder("text_encoder"), dtype, device_for("text_encoder"));
-  if (c.text_encoder_2.is_empty() && wanted("text_encoder_2"))
-    c.text_encoder_2 = load_t5_encoder(subfolder("text_encoder_2"), dtype, device_for("text_encoder_2"));
-  if (c.transformer.is_empty() && wanted("transformer"))
-    c.transformer = load_flux_transformer(subfolder("transformer"), dtype, device_for("transformer"));
-  if (c.vae.is_empty() && wanted("vae")) c.vae = load_autoencoder_kl(subfolder("vae"), dtype, device_for("vae"));
-  if (!c.transformer.is_empty()) pipe.transformer_config_ = c.transformer->config();
-  if (!c.vae.is_empty()) pipe.vae_config_ = c.vae->config();
-  if (!c.transformer.is_empty()) c.transformer->set_attention_backend(parse_attention_backend(options.attention_backend));
+  if (pipe.has("transformer"))
+    pipe.transformer()->set_attention_backend(parse_attention_backend(options.attention_backend));
   if (options.parallel_config) {
     if (!options.parallel_world)
       throw Error("FluxPipeline: parallel_config needs parallel_world, the communicator over the ranks "
@@ -174,6 +62,20 @@ FluxPipeline FluxPipeline::from_pretrained(const std::filesystem::path& folder, 
     pipe.enable_parallelism(*options.parallel_config, options.parallel_world);
   }
   return pipe;
+}
+
+PipelineInfo FluxPipeline::info() const {
+  return {.class_name = class_name(),
+          .vae_scale_factor = vae_scale_factor_,
+          .size_multiple = vae_scale_factor_ * 2,
+          .default_height = default_sample_size * vae_scale_factor_,
+          .default_width = default_sample_size * vae_scale_factor_,
+          .default_steps = 28,
+          .default_guidance_scale = 3.5,
+          .num_channels_latents = num_channels_latents_,
+          .packed_latents = true,
+          .uses_negative_prompt = false,
+          .scheduler = has("scheduler") ? components_.get<Scheduler>("scheduler").class_name() : ""};
 }
 
 void FluxPipeline::enable_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> world) {
@@ -189,142 +91,15 @@ void FluxPipeline::disable_parallelism() {
 
 int FluxPipeline::parallel_rank() const { return parallel_world_ ? parallel_world_->rank() : 0; }
 
-bool FluxPipeline::has(const std::string& component) const {
-  const FluxComponents& c = components_;
-  if (component == "scheduler") return c.scheduler.has_value();
-  if (component == "tokenizer") return c.tokenizer.has_value();
-  if (component == "tokenizer_2") return c.tokenizer_2.has_value();
-  if (component == "text_encoder") return !c.text_encoder.is_empty();
-  if (component == "text_encoder_2") return !c.text_encoder_2.is_empty();
-  if (component == "transformer") return !c.transformer.is_empty();
-  if (component == "vae") return !c.vae.is_empty();
-  throw Error("FluxPipeline has no component '" + component + "'");
+FluxTransformer2DModel FluxPipeline::transformer() const {
+  return require_model<FluxTransformer2DModel>("transformer", "denoising");
 }
-
-void FluxPipeline::release(const std::string& component) {
-  FluxComponents& c = components_;
-  if (!has(component)) return;
-  if (component == "scheduler") c.scheduler.reset();
-  if (component == "tokenizer") c.tokenizer.reset();
-  if (component == "tokenizer_2") c.tokenizer_2.reset();
-  if (component == "text_encoder") c.text_encoder = ClipTextModel(nullptr);
-  if (component == "text_encoder_2") c.text_encoder_2 = T5EncoderModel(nullptr);
-  if (component == "transformer") c.transformer = FluxTransformer2DModel(nullptr);
-  if (component == "vae") c.vae = AutoencoderKL(nullptr);
+AutoencoderKL FluxPipeline::vae() const { return require_model<AutoencoderKL>("vae", "decoding latents"); }
+ClipTextModel FluxPipeline::text_encoder() const {
+  return require_model<ClipTextModel>("text_encoder", "encoding a prompt");
 }
-
-std::vector<std::pair<std::string, torch::nn::Module*>> FluxPipeline::models() {
-  FluxComponents& c = components_;
-  std::vector<std::pair<std::string, torch::nn::Module*>> out;
-  if (!c.text_encoder.is_empty()) out.emplace_back("text_encoder", c.text_encoder.get());
-  if (!c.text_encoder_2.is_empty()) out.emplace_back("text_encoder_2", c.text_encoder_2.get());
-  if (!c.transformer.is_empty()) out.emplace_back("transformer", c.transformer.get());
-  if (!c.vae.is_empty()) out.emplace_back("vae", c.vae.get());
-  return out;
-}
-
-void FluxPipeline::to(const std::string& device) {
-  // As diffusers: moving a placed pipeline would undo its placement behind the user's back.
-  if (!device_map_.empty())
-    throw Error("FluxPipeline: the pipeline is placed by device_map \"balanced\" " + device_map_.to_json() +
-                "; call reset_device_map() before moving it with to(\"" + device + "\")");
-  if (offload_ != Offload::None)
-    throw Error(std::string("FluxPipeline: ") + (offload_ == Offload::Model ? "model" : "sequential") +
-                " CPU offload is enabled; call remove_all_hooks() before moving the pipeline with to(\"" + device + "\")");
-  for (const auto& [name, model] : models())
-    if (const ModuleHooks* hooks = hooks_of(*model))
-      throw Error("FluxPipeline: component '" + name + "' is placed by its own device map " +
-                  hooks->device_map().to_json() + "; call remove_all_hooks() before moving the pipeline with to(\"" +
-                  device + "\")");
-  device_ = c10::Device(device);
-  for (const auto& [name, model] : models()) model->to(device_);
-}
-
-void FluxPipeline::reset_device_map() {
-  if (device_map_.empty()) return;
-  // diffusers' reset_device_map: every component back on the CPU, then the pipeline is free to move.
-  for (const auto& [name, model] : models()) model->to(c10::kCPU);
-  device_ = c10::kCPU;
-  device_map_ = DeviceMap();
-}
-
-std::optional<c10::Device> FluxPipeline::model_offload_device() const {
-  return offload_ == Offload::Model ? std::optional<c10::Device>(offload_device_) : std::nullopt;
-}
-
-c10::Device FluxPipeline::execution_device(const std::string& component) {
-  if (offload_ == Offload::Model) return offload_device_;
-  if (component == "text_encoder") return diffuse::execution_device(*text_encoder());
-  if (component == "text_encoder_2") return diffuse::execution_device(*text_encoder_2());
-  if (component == "transformer") return diffuse::execution_device(*transformer());
-  if (component == "vae") return diffuse::execution_device(*vae());
-  throw Error("FluxPipeline has no model component '" + component + "'");
-}
-
-namespace {
-c10::Device offload_target(const std::string& requested, c10::Device pipeline_device) {
-  if (!requested.empty()) return c10::Device(requested);
-  if (pipeline_device.is_cuda()) return pipeline_device;
-  return gpu_count() > 0 ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
-}
-}  // namespace
-
-void FluxPipeline::remove_all_hooks() {
-  for (const auto& [name, model] : models()) remove_hooks(*model);
-  offload_ = Offload::None;
-}
-
-// Offload replaces any hooks, but not a device map: as in diffusers, a mapped pipeline must be reset first.
-void FluxPipeline::start_offload(const char* what, const std::string& device) {
-  if (!device_map_.empty())
-    throw Error(std::string("FluxPipeline: ") + what + " is not allowed on a pipeline placed by device_map " +
-                device_map_.to_json() + "; call reset_device_map() first");
-  for (const auto& [name, model] : models())
-    if (const ModuleHooks* hooks = hooks_of(*model); hooks && hooks->origin() == "device_map")
-      throw Error(std::string("FluxPipeline: ") + what + ": component '" + name + "' is placed by its own device map " +
-                  hooks->device_map().to_json() + "; call remove_all_hooks() first");
-  remove_all_hooks();
-  offload_device_ = offload_target(device, device_);
-}
-
-void FluxPipeline::enable_model_cpu_offload(const std::string& device) {
-  start_offload("enable_model_cpu_offload", device);
-  for (const auto& [name, model] : models()) model->to(c10::kCPU);
-  offload_ = Offload::Model;
-}
-
-void FluxPipeline::enable_sequential_cpu_offload(const std::string& device) {
-  start_offload("enable_sequential_cpu_offload", device);
-  // Every unit "on the CPU", run on the GPU: weights come in block by block.
-  for (const auto& [name, model] : models()) {
-    model->to(c10::kCPU);
-    dispatch_model(*model, DeviceMap{{"", "cpu"}},
-                   {.execution_device = offload_device_, .origin = "sequential_offload"});
-  }
-  offload_ = Offload::Sequential;
-}
-
-namespace {
-template <typename T>
-T& require(T& component, bool present, const char* name, const char* why) {
-  if (!present)
-    throw Error(std::string("FluxPipeline: component '") + name + "' is not loaded, and " + why + " needs it");
-  return component;
-}
-}  // namespace
-
-FlowMatchEulerDiscreteScheduler& FluxPipeline::scheduler() {
-  return *require(components_.scheduler, components_.scheduler.has_value(), "scheduler", "denoising");
-}
-FluxTransformer2DModel& FluxPipeline::transformer() {
-  return require(components_.transformer, has("transformer"), "transformer", "denoising");
-}
-AutoencoderKL& FluxPipeline::vae() { return require(components_.vae, has("vae"), "vae", "decoding latents"); }
-ClipTextModel& FluxPipeline::text_encoder() {
-  return require(components_.text_encoder, has("text_encoder"), "text_encoder", "encoding a prompt");
-}
-T5EncoderModel& FluxPipeline::text_encoder_2() {
-  return require(components_.text_encoder_2, has("text_encoder_2"), "text_encoder_2", "encoding a prompt");
+T5EncoderModel FluxPipeline::text_encoder_2() const {
+  return require_model<T5EncoderModel>("text_encoder_2", "encoding a prompt");
 }
 
 PromptEmbeddings FluxPipeline::encode_prompt(const EncodeRequest& request) {
@@ -338,22 +113,22 @@ PromptEmbeddings FluxPipeline::encode_prompt(const EncodeRequest& request) {
     throw Error("num_images_per_prompt must be at least 1, got " + std::to_string(request.num_images_per_prompt));
   if (request.max_sequence_length < 1 || request.max_sequence_length > 512)
     throw Error("max_sequence_length must be in [1, 512], got " + std::to_string(request.max_sequence_length));
-  auto& tokenizer = *require(components_.tokenizer, has("tokenizer"), "tokenizer", "encoding a prompt");
-  auto& tokenizer_2 = *require(components_.tokenizer_2, has("tokenizer_2"), "tokenizer_2", "encoding a prompt");
-  ClipTextModel& clip = text_encoder();
-  T5EncoderModel& t5 = text_encoder_2();
+  auto& tokenizer = require_object<ClipTokenizer>("tokenizer", "encoding a prompt");
+  auto& tokenizer_2 = require_object<T5Tokenizer>("tokenizer_2", "encoding a prompt");
+  ClipTextModel clip = text_encoder();
+  T5EncoderModel t5 = text_encoder_2();
 
   at::NoGradGuard no_grad;
   const c10::Device clip_device = execution_device("text_encoder");
   const c10::Device t5_device = execution_device("text_encoder_2");
   at::Tensor pooled, sequence;
   {
-    const OnDeviceWhileRunning running(*clip, model_offload_device());
+    const auto running = on_device_while_running("text_encoder");
     at::Tensor clip_ids = tokenizer.encode_batch(prompts, tokenizer.model_max_length).to(clip_device);
     pooled = clip->forward(clip_ids).pooler_output;
   }
   {
-    const OnDeviceWhileRunning running(*t5, model_offload_device());
+    const auto running = on_device_while_running("text_encoder_2");
     at::Tensor t5_ids = tokenizer_2.encode_batch(prompts_2, request.max_sequence_length).to(t5_device);
     sequence = t5->forward(t5_ids);
   }
@@ -405,16 +180,8 @@ void FluxPipeline::check_memory_for(const GenerateRequest& request, int64_t heig
                 (need.what.find("math") != std::string::npos ? " or run on a GPU with a fused attention backend" : ""));
 }
 
-uint64_t FluxPipeline::shared_random_seed() {
-  const uint64_t mine = (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
-  if (!parallel_world_) return mine;
-  // Every rank of a context-parallel call must start from the same noise: rank 0's seed.
-  at::Tensor seed = at::full({1}, static_cast<int64_t>(mine >> 1), at::TensorOptions(at::kLong));
-  seed = parallel_world_->broadcast(seed.to(parallel_world_->device()), /*root=*/0).cpu();
-  return static_cast<uint64_t>(seed.item<int64_t>());
-}
-
-at::Tensor FluxPipeline::draw_latents(const GenerateRequest& request, int64_t batch, int64_t height, int64_t width) {
+at::Tensor FluxPipeline::draw_latents(const GenerateRequest& request, int64_t batch, int64_t height, int64_t width,
+                                      const at::Generator& generator) {
   const int64_t channels = num_channels_latents_ * 4;
   const int64_t sequence = (height / vae_scale_factor_ / 2) * (width / vae_scale_factor_ / 2);
   const c10::Device device = has("transformer") ? execution_device("transformer") : device_;
@@ -426,23 +193,25 @@ at::Tensor FluxPipeline::draw_latents(const GenerateRequest& request, int64_t ba
                   "] (" + std::to_string(height) + "x" + std::to_string(width) + ")");
     return l.to(device, dtype_);
   }
-  const at::Generator generator =
-      request.generator ? *request.generator : cpu_generator(request.seed.value_or(shared_random_seed()));
   return prepare_latents(batch, num_channels_latents_, height, width, vae_scale_factor_, dtype_, device, generator);
 }
 
 at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmbeddings& embeddings,
-                                 at::Tensor latents, int64_t height, int64_t width, bool& interrupted) {
-  FluxTransformer2DModel& model = transformer();
-  FlowMatchEulerDiscreteScheduler& steps = scheduler();
+                                 at::Tensor latents, int64_t height, int64_t width, const at::Generator& generator,
+                                 bool& interrupted) {
+  FluxTransformer2DModel model = transformer();
+  Scheduler& steps = scheduler();
   const c10::Device device = latents.device();
   const int64_t batch = latents.size(0);
 
-  const std::vector<double> sigmas = request.sigmas.value_or(flux_sigmas(request.num_inference_steps));
-  const auto& config = steps.config();
-  const double mu = calculate_shift(latents.size(1), config.base_image_seq_len, config.max_image_seq_len,
-                                    config.base_shift, config.max_shift);
-  steps.set_timesteps(static_cast<int64_t>(sigmas.size()), mu, sigmas);
+  const std::vector<double> sigmas = request.sigmas.value_or(flux_sigmas(request.num_inference_steps.value_or(28)));
+  // As diffusers' FluxPipeline: the shift grows with the image's token count, with the scheduler
+  // config's bounds (their defaults where the config has none).
+  const nlohmann::json& config = steps.config();
+  const double mu = calculate_shift(latents.size(1), config.value("base_image_seq_len", int64_t{256}),
+                                    config.value("max_image_seq_len", int64_t{4096}), config.value("base_shift", 0.5),
+                                    config.value("max_shift", 1.15));
+  steps.set_timesteps(static_cast<int64_t>(sigmas.size()), {.mu = mu, .sigmas = sigmas});
   const at::Tensor timesteps = steps.timesteps();
   const int64_t num_steps = timesteps.size(0);
 
@@ -453,12 +222,12 @@ at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmb
   inputs.img_ids = prepare_latent_image_ids(height / vae_scale_factor_ / 2, width / vae_scale_factor_ / 2)
                        .to(device, dtype_);
   if (model->config().guidance_embeds)
-    inputs.guidance = at::full({batch}, request.guidance_scale, at::TensorOptions().dtype(at::kFloat).device(device));
+    inputs.guidance = at::full({batch}, request.guidance_scale.value_or(3.5), at::TensorOptions().dtype(at::kFloat).device(device));
 
   const bool show_progress = request.progress.value_or(isatty(STDERR_FILENO) == 1);
   ProgressBar progress(num_steps, show_progress);
   at::NoGradGuard no_grad;
-  const OnDeviceWhileRunning running(*model, model_offload_device());
+  const auto running = on_device_while_running("transformer");
   for (int64_t i = 0; i < num_steps; ++i) {
     const at::Tensor t = timesteps[i];
     inputs.hidden_states = latents;
@@ -466,7 +235,7 @@ at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmb
     inputs.timestep = t.expand({batch}).to(device, latents.scalar_type()) / 1000;
     // Under a device map the last block may run on another GPU than the latents live on.
     at::Tensor noise_pred = model->forward(inputs).to(device);
-    latents = steps.step(noise_pred, i, latents);
+    latents = steps.step(noise_pred, t.item<double>(), latents, generator);
     progress.advance();
     if (request.callback &&
         !request.callback(StepInfo{i, num_steps, t.item<double>(), latents})) {
@@ -478,11 +247,11 @@ at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmb
 }
 
 at::Tensor FluxPipeline::decode_latents(const at::Tensor& latents, int64_t height, int64_t width) {
-  AutoencoderKL& decoder = vae();
+  AutoencoderKL decoder = vae();
   at::NoGradGuard no_grad;
   const c10::Device device = execution_device("vae");
   const c10::ScalarType dtype = decoder->parameters().front().scalar_type();
-  const OnDeviceWhileRunning running(*decoder, model_offload_device());
+  const auto running = on_device_while_running("vae");
   at::Tensor unpacked = unpack_latents(latents, height, width, vae_scale_factor_);
   at::Tensor scaled = unscale_latents(unpacked, decoder->config()).to(device, dtype);
   at::Tensor decoded = decoder->decode(scaled);
@@ -493,36 +262,20 @@ at::Tensor FluxPipeline::decode_latents(const at::Tensor& latents, int64_t heigh
 GenerateOutput FluxPipeline::generate(const GenerateRequest& request) {
   const auto start = Clock::now();
   // ---- check the request before any model runs ---------------------------------------------------
+  const int64_t num_inference_steps = request.num_inference_steps.value_or(28);
+  check_common_request(request, num_inference_steps);
   const bool has_prompt = !request.prompt.empty();
-  const bool has_embeds = request.prompt_embeds.defined() || request.pooled_prompt_embeds.defined();
-  if (has_prompt && has_embeds) throw Error("give either prompt or prompt_embeds, not both");
-  if (!has_prompt && !has_embeds) throw Error("give a prompt (or prompt_embeds and pooled_prompt_embeds)");
-  if (has_embeds && !(request.prompt_embeds.defined() && request.pooled_prompt_embeds.defined()))
+  const bool has_embeds = request.prompt_embeds.defined();
+  if (has_embeds != request.pooled_prompt_embeds.defined())
     throw Error("prompt_embeds and pooled_prompt_embeds go together: give both");
-  if (request.num_images_per_prompt < 1)
-    throw Error("num_images_per_prompt must be at least 1, got " + std::to_string(request.num_images_per_prompt));
-  if (request.num_inference_steps < 1 && !request.sigmas)
-    throw Error("num_inference_steps must be at least 1, got " + std::to_string(request.num_inference_steps));
-  if (request.sigmas && request.sigmas->empty()) throw Error("sigmas must not be empty");
-
+  if (!request.negative_prompt.empty() || request.negative_prompt_embeds.defined())
+    throw Error("FluxPipeline takes no negative prompt (FLUX.1-dev's guidance is distilled into the model)");
+  // Each side a multiple of vae_scale_factor * 2: the latents are packed in 2x2 patches.
   const int64_t multiple = vae_scale_factor_ * 2;
-  auto checked_size = [&](std::optional<int64_t> value, const char* name) {
-    const int64_t size = value.value_or(default_sample_size * vae_scale_factor_);
-    if (size < multiple)
-      throw Error(std::string(name) + " must be at least " + std::to_string(multiple) + ", got " + std::to_string(size));
-    if (size > 16384)
-      throw Error(std::string(name) + " " + std::to_string(size) + " is over the 16384 limit");
-    if (size % multiple == 0) return size;
-    const int64_t rounded = size / multiple * multiple;
-    if (!request.round_size)
-      throw Error(std::string(name) + " " + std::to_string(size) + " is not a multiple of " + std::to_string(multiple) +
-                  " (vae_scale_factor * 2); use " + std::to_string(rounded) + " or " + std::to_string(rounded + multiple) +
-                  ", or set round_size to round down as diffusers does");
-    DIFFUSE_LOG_WARN("{} {} is not a multiple of {}; it is rounded down to {}", name, size, multiple, rounded);
-    return rounded;
-  };
-  const int64_t height = checked_size(request.height, "height");
-  const int64_t width = checked_size(request.width, "width");
+  const int64_t height =
+      checked_image_size(request.height, default_sample_size * vae_scale_factor_, multiple, request.round_size, "height");
+  const int64_t width =
+      checked_image_size(request.width, default_sample_size * vae_scale_factor_, multiple, request.round_size, "width");
   check_memory_for(request, height, width);
 
   if (has_embeds) {
@@ -558,8 +311,9 @@ GenerateOutput FluxPipeline::generate(const GenerateRequest& request) {
   // ---- denoise -------------------------------------------------------------------------------------
   stage = Clock::now();
   const int64_t batch = embeddings.prompt_embeds.size(0);
-  at::Tensor latents = draw_latents(request, batch, height, width);
-  out.latents = denoise(request, embeddings, latents, height, width, out.interrupted);
+  const at::Generator generator = request_generator(request, parallel_world_);
+  at::Tensor latents = draw_latents(request, batch, height, width, generator);
+  out.latents = denoise(request, embeddings, latents, height, width, generator, out.interrupted);
   out.times.denoise_seconds = seconds_since(stage);
 
   // ---- decode --------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 #pragma once
-// What a FluxPipeline call takes and returns. Field names follow diffusers' FluxPipeline.__call__.
+// What a pipeline call takes and returns, for every family. Field names follow diffusers' pipelines'
+// __call__ arguments; a field that only some families read says which.
 
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
@@ -35,16 +36,24 @@ class PromptList {
 
 // The text encoders' outputs, one row per image (prompts repeated num_images_per_prompt times).
 struct PromptEmbeddings {
-  at::Tensor prompt_embeds;         // T5 sequence [B, max_sequence_length, joint_attention_dim]
-  at::Tensor pooled_prompt_embeds;  // CLIP pooled [B, pooled_projection_dim]
-  at::Tensor text_ids;              // zeros [max_sequence_length, 3]
+  // FLUX.1: T5's sequence [B, max_sequence_length, joint_attention_dim].
+  // SD: CLIP's last_hidden_state [B, 77, cross_attention_dim].
+  at::Tensor prompt_embeds;
+  // SD under classifier-free guidance: the negative prompts' (or "") embeddings, as prompt_embeds.
+  at::Tensor negative_prompt_embeds;
+  at::Tensor pooled_prompt_embeds;  // FLUX.1: CLIP pooled [B, pooled_projection_dim]
+  at::Tensor text_ids;              // FLUX.1: zeros [max_sequence_length, 3]
 };
 
 struct EncodeRequest {
   PromptList prompt;    // to CLIP
-  PromptList prompt_2;  // to T5; empty means the same as prompt
+  PromptList prompt_2;  // FLUX.1: to T5; empty means the same as prompt
+  // SD: the negative prompts, one per prompt or one for all; empty means "" (encoded only under
+  // classifier-free guidance).
+  PromptList negative_prompt;
+  bool do_classifier_free_guidance = false;  // SD: also encode the negative prompts
   int64_t num_images_per_prompt = 1;
-  int64_t max_sequence_length = 512;
+  int64_t max_sequence_length = 512;  // FLUX.1: T5 tokens
 };
 
 enum class OutputType {
@@ -67,26 +76,36 @@ using StepCallback = std::function<bool(const StepInfo&)>;
 
 struct GenerateRequest {
   PromptList prompt;
-  PromptList prompt_2;  // to T5; empty means the same as prompt
-  // Instead of prompts: embeddings from encode_prompt (both, or neither).
+  PromptList prompt_2;  // FLUX.1: to T5; empty means the same as prompt
+  // SD: what the image should not show (classifier-free guidance's unconditional half); one per prompt
+  // or one for all; empty means "".
+  PromptList negative_prompt;
+  // Instead of prompts: embeddings from encode_prompt. FLUX.1 needs prompt_embeds and
+  // pooled_prompt_embeds; SD prompt_embeds, and negative_prompt_embeds under guidance (else "" is encoded).
   at::Tensor prompt_embeds;
   at::Tensor pooled_prompt_embeds;
+  at::Tensor negative_prompt_embeds;
   int64_t num_images_per_prompt = 1;
-  // Default: 128 * vae_scale_factor (1024 for FLUX.1). Each must be a multiple of
-  // vae_scale_factor * 2 (16), unless round_size is set: then it is rounded down as diffusers does,
-  // with a warning.
+  // Default: the family's (1024 for FLUX.1, 512 for SD 1.5: unet sample_size * vae_scale_factor).
+  // Each must be a multiple of the family's factor (16 for FLUX.1, 8 for SD), unless round_size is set:
+  // then it is rounded down as diffusers does, with a warning.
   std::optional<int64_t> height;
   std::optional<int64_t> width;
   bool round_size = false;
-  int64_t num_inference_steps = 28;
-  double guidance_scale = 3.5;
-  std::optional<std::vector<double>> sigmas;  // custom schedule; default linspace(1, 1/steps, steps)
-  // Initial noise: `latents` if given (packed [B, S, C*4]), else drawn from `generator`, else from
-  // a CPU generator seeded with `seed`, else from a random seed. Same seed, same latents as diffusers.
+  // Default: the family's (28 for FLUX.1, 50 for SD).
+  std::optional<int64_t> num_inference_steps;
+  // The family's guidance scale (default 3.5 for FLUX.1's distilled guidance, 7.5 for SD's
+  // classifier-free guidance, which runs when it is above 1).
+  std::optional<double> guidance_scale;
+  std::optional<std::vector<double>> sigmas;  // FLUX.1: custom schedule; default linspace(1, 1/steps, steps)
+  // Initial noise: `latents` if given (as diffusers' `latents=` takes them: packed [B, S, C*4] for
+  // FLUX.1, [B, 4, H/8, W/8] for SD), else drawn from `generator`, else from a CPU generator seeded
+  // with `seed`, else from a random seed. Same seed, same latents as diffusers. Schedulers that draw
+  // noise at each step (Euler ancestral) draw it from the same generator.
   std::optional<uint64_t> seed;
   std::optional<at::Generator> generator;
   at::Tensor latents;
-  int64_t max_sequence_length = 512;
+  int64_t max_sequence_length = 512;  // FLUX.1: T5 tokens
   OutputType output_type = OutputType::Image;
   StepCallback callback;
   std::optional<bool> progress;  // a progress bar on stderr; default: when stderr is a terminal
@@ -102,11 +121,26 @@ struct StageTimes {
 struct GenerateOutput {
   std::vector<Image> images;  // OutputType::Image
   at::Tensor image_tensor;    // [B, 3, H, W] float32 in [0, 1] (Image and Tensor)
-  at::Tensor latents;         // final packed latents [B, S, C*4], always
+  at::Tensor latents;         // the final latents as the family keeps them (packed for FLUX.1), always
   int64_t height = 0;         // of the images
   int64_t width = 0;
   StageTimes times;
   bool interrupted = false;   // a callback stopped the loop
+};
+
+// What a loaded pipeline's calls look like, for programs and the C API.
+struct PipelineInfo {
+  std::string class_name;          // "FluxPipeline", "StableDiffusionPipeline"
+  int64_t vae_scale_factor = 8;
+  int64_t size_multiple = 8;       // height and width must be multiples of it
+  int64_t default_height = 512;
+  int64_t default_width = 512;
+  int64_t default_steps = 50;
+  double default_guidance_scale = 7.5;
+  int64_t num_channels_latents = 4;
+  bool packed_latents = false;     // FLUX.1 packs 2x2 patches into tokens
+  bool uses_negative_prompt = false;
+  std::string scheduler;           // the scheduler's class name ("" when not loaded)
 };
 
 }  // namespace diffuse
