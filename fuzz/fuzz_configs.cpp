@@ -6,6 +6,7 @@
 // derives (inner_dim, vae_scale_factor) are defined for every config that from_json accepts.
 
 #include "diffuse/io/configs.hpp"
+#include "diffuse/schedulers/flow_match_euler_discrete.hpp"
 #include "fuzz_support.hpp"
 
 using namespace diffuse;

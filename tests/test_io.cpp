@@ -4,6 +4,7 @@
 
 #include "diffuse/error.hpp"
 #include "diffuse/io/configs.hpp"
+#include "diffuse/schedulers/flow_match_euler_discrete.hpp"
 #include "diffuse/io/image.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/io/safetensors.hpp"

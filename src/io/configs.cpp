@@ -144,32 +144,6 @@ AutoencoderKLConfig AutoencoderKLConfig::from_file(const std::filesystem::path& 
   return from_json(JsonConfig::load(file));
 }
 
-FlowMatchEulerDiscreteSchedulerConfig FlowMatchEulerDiscreteSchedulerConfig::from_json(const JsonConfig& json) {
-  FlowMatchEulerDiscreteSchedulerConfig c;
-  c.num_train_timesteps = json.get_int("num_train_timesteps", c.num_train_timesteps);
-  c.shift = json.get_double("shift", c.shift);
-  c.use_dynamic_shifting = json.get_bool("use_dynamic_shifting", c.use_dynamic_shifting);
-  c.base_shift = json.get_double("base_shift", c.base_shift);
-  c.max_shift = json.get_double("max_shift", c.max_shift);
-  c.base_image_seq_len = json.get_int("base_image_seq_len", c.base_image_seq_len);
-  c.max_image_seq_len = json.get_int("max_image_seq_len", c.max_image_seq_len);
-  c.invert_sigmas = json.get_bool("invert_sigmas", c.invert_sigmas);
-  c.shift_terminal = json.get_optional_double("shift_terminal");
-  c.use_karras_sigmas = json.get_bool("use_karras_sigmas", c.use_karras_sigmas);
-  c.use_exponential_sigmas = json.get_bool("use_exponential_sigmas", c.use_exponential_sigmas);
-  c.use_beta_sigmas = json.get_bool("use_beta_sigmas", c.use_beta_sigmas);
-  c.time_shift_type = json.get_string("time_shift_type", c.time_shift_type);
-  c.stochastic_sampling = json.get_bool("stochastic_sampling", c.stochastic_sampling);
-  if (c.time_shift_type != "exponential" && c.time_shift_type != "linear")
-    throw Error(json.source() + ": key 'time_shift_type' should be 'exponential' or 'linear', got '" +
-                c.time_shift_type + "'");
-  return c;
-}
-FlowMatchEulerDiscreteSchedulerConfig FlowMatchEulerDiscreteSchedulerConfig::from_file(
-    const std::filesystem::path& file) {
-  return from_json(JsonConfig::load(file));
-}
-
 std::vector<BlockCount> ClipTextConfig::block_counts() const {
   return {{"num_hidden_layers", num_hidden_layers, "encoder.layers."}};
 }

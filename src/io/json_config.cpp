@@ -1,6 +1,7 @@
 #include "diffuse/io/json_config.hpp"
 
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -24,13 +25,86 @@ JsonConfig JsonConfig::load(const std::filesystem::path& file) {
   return parse(text.str(), file.string());
 }
 
+namespace {
+
+// Python's json module writes non-finite floats as the bare words NaN, Infinity and -Infinity, which
+// are not JSON. Outside strings they are swapped for marker strings before parsing, and the markers
+// back for the numbers as the parser meets them. (A marker starts with a NUL, which no config holds.)
+constexpr std::string_view kNonFiniteMarker = "\\u0000diffuse-nonfinite:";
+
+std::string mark_non_finite(std::string_view text, bool& marked) {
+  static constexpr std::pair<std::string_view, std::string_view> kWords[] = {
+      {"-Infinity", "-inf"}, {"Infinity", "inf"}, {"NaN", "nan"}};
+  std::string out;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\' && i + 1 < text.size()) {
+        out += c;
+        out += text[++i];
+        continue;
+      }
+      if (c == '"') in_string = false;
+      out += c;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    bool replaced = false;
+    for (const auto& [word, name] : kWords) {
+      if (text.substr(i, word.size()) == word) {
+        out += '"';
+        out += kNonFiniteMarker;
+        out += name;
+        out += '"';
+        i += word.size() - 1;
+        replaced = marked = true;
+        break;
+      }
+    }
+    if (!replaced) out += c;
+  }
+  return out;
+}
+
+nlohmann::json parse_python_json(std::string_view text) {
+  bool marked = false;
+  std::string rewritten = mark_non_finite(text, marked);
+  if (!marked) return nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  const std::string prefix = std::string(1, '\0') + "diffuse-nonfinite:";
+  nlohmann::json::parser_callback_t restore = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& value) {
+    if (event == nlohmann::json::parse_event_t::value && value.is_string()) {
+      const auto& s = value.get_ref<const std::string&>();
+      if (s.rfind(prefix, 0) == 0) {
+        const std::string name = s.substr(prefix.size());
+        value = name == "nan" ? std::numeric_limits<double>::quiet_NaN()
+                : name == "inf" ? std::numeric_limits<double>::infinity()
+                                : -std::numeric_limits<double>::infinity();
+      }
+    }
+    return true;
+  };
+  return nlohmann::json::parse(rewritten, restore, /*allow_exceptions=*/false);
+}
+
+}  // namespace
+
 JsonConfig JsonConfig::parse(std::string_view text, std::string source) {
   auto value = std::make_shared<Value>();
-  value->json = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  value->json = parse_python_json(text);
   if (value->json.is_discarded()) throw Error(source + ": not valid JSON");
   if (!value->json.is_object()) throw Error(source + ": expected a JSON object at the top level");
   return JsonConfig(std::move(value), std::move(source));
 }
+
+JsonConfig JsonConfig::wrap(const nlohmann::json& object, std::string source) {
+  if (!object.is_object()) throw Error(source + ": expected a JSON object, got " + object.type_name());
+  auto value = std::make_shared<Value>();
+  value->json = object;
+  return JsonConfig(std::move(value), std::move(source));
+}
+
+const nlohmann::json& JsonConfig::json() const { return root_->json; }
 
 namespace {
 
@@ -115,6 +189,18 @@ std::vector<std::string> JsonConfig::get_string_list(std::string_view key,
   for (const auto& item : *v) {
     if (!item.is_string()) wrong_type(source_, key, "a list of strings", *v);
     out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
+std::optional<std::vector<double>> JsonConfig::get_optional_double_list(std::string_view key) const {
+  const nlohmann::json* v = lookup(root_->json, key);
+  if (v == nullptr) return std::nullopt;
+  if (!v->is_array()) wrong_type(source_, key, "a list of numbers", *v);
+  std::vector<double> out;
+  for (const auto& item : *v) {
+    if (!item.is_number()) wrong_type(source_, key, "a list of numbers", *v);
+    out.push_back(item.get<double>());
   }
   return out;
 }

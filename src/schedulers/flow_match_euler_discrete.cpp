@@ -10,6 +10,7 @@
 #include "diffuse/schedulers/flow_match_euler_discrete.hpp"
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "diffuse/error.hpp"
@@ -86,25 +87,52 @@ double calculate_shift(int64_t image_seq_len, int64_t base_seq_len, int64_t max_
   return static_cast<double>(image_seq_len) * m + b;
 }
 
-std::vector<double> numpy_linspace(double start, double stop, int64_t num) {
-  if (num < 0) throw Error("linspace: the number of samples must be non-negative, got " + std::to_string(num));
-  std::vector<double> out(static_cast<size_t>(num));
-  if (num == 0) return out;
-  if (num == 1) return {start};
-  const double delta = stop - start;
-  const double step = delta / static_cast<double>(num - 1);
-  for (int64_t i = 0; i < num; ++i) {
-    // numpy divides first when the step underflows to 0, to keep the spacing.
-    const double y =
-        step == 0.0 ? static_cast<double>(i) / static_cast<double>(num - 1) * delta : static_cast<double>(i) * step;
-    out[static_cast<size_t>(i)] = y + start;
-  }
-  out.back() = stop;
-  return out;
+FlowMatchEulerDiscreteSchedulerConfig FlowMatchEulerDiscreteSchedulerConfig::from_json(const JsonConfig& json) {
+  FlowMatchEulerDiscreteSchedulerConfig c;
+  c.num_train_timesteps = json.get_int("num_train_timesteps", c.num_train_timesteps);
+  c.shift = json.get_double("shift", c.shift);
+  c.use_dynamic_shifting = json.get_bool("use_dynamic_shifting", c.use_dynamic_shifting);
+  c.base_shift = json.get_double("base_shift", c.base_shift);
+  c.max_shift = json.get_double("max_shift", c.max_shift);
+  c.base_image_seq_len = json.get_int("base_image_seq_len", c.base_image_seq_len);
+  c.max_image_seq_len = json.get_int("max_image_seq_len", c.max_image_seq_len);
+  c.invert_sigmas = json.get_bool("invert_sigmas", c.invert_sigmas);
+  c.shift_terminal = json.get_optional_double("shift_terminal");
+  c.use_karras_sigmas = json.get_bool("use_karras_sigmas", c.use_karras_sigmas);
+  c.use_exponential_sigmas = json.get_bool("use_exponential_sigmas", c.use_exponential_sigmas);
+  c.use_beta_sigmas = json.get_bool("use_beta_sigmas", c.use_beta_sigmas);
+  c.time_shift_type = json.get_string("time_shift_type", c.time_shift_type);
+  c.stochastic_sampling = json.get_bool("stochastic_sampling", c.stochastic_sampling);
+  if (c.time_shift_type != "exponential" && c.time_shift_type != "linear")
+    throw Error(json.source() + ": key 'time_shift_type' should be 'exponential' or 'linear', got '" +
+                c.time_shift_type + "'");
+  return c;
+}
+
+FlowMatchEulerDiscreteSchedulerConfig FlowMatchEulerDiscreteSchedulerConfig::from_file(
+    const std::filesystem::path& file) {
+  return from_json(JsonConfig::load(file));
+}
+
+nlohmann::json FlowMatchEulerDiscreteSchedulerConfig::to_json() const {
+  return {{"num_train_timesteps", num_train_timesteps},
+          {"shift", shift},
+          {"use_dynamic_shifting", use_dynamic_shifting},
+          {"base_shift", base_shift},
+          {"max_shift", max_shift},
+          {"base_image_seq_len", base_image_seq_len},
+          {"max_image_seq_len", max_image_seq_len},
+          {"invert_sigmas", invert_sigmas},
+          {"shift_terminal", shift_terminal ? nlohmann::json(*shift_terminal) : nlohmann::json(nullptr)},
+          {"use_karras_sigmas", use_karras_sigmas},
+          {"use_exponential_sigmas", use_exponential_sigmas},
+          {"use_beta_sigmas", use_beta_sigmas},
+          {"time_shift_type", time_shift_type},
+          {"stochastic_sampling", stochastic_sampling}};
 }
 
 FlowMatchEulerDiscreteScheduler::FlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteSchedulerConfig config)
-    : config_(std::move(config)), shift_(config_.shift) {
+    : Scheduler("FlowMatchEulerDiscreteScheduler", config.to_json()), config_(std::move(config)), shift_(config_.shift) {
   if (config_.time_shift_type != "exponential" && config_.time_shift_type != "linear")
     throw Error("FlowMatchEulerDiscreteScheduler: time_shift_type must be 'exponential' or 'linear', got '" +
                 config_.time_shift_type + "'");
@@ -132,8 +160,13 @@ FlowMatchEulerDiscreteScheduler::FlowMatchEulerDiscreteScheduler(FlowMatchEulerD
 }
 
 FlowMatchEulerDiscreteScheduler FlowMatchEulerDiscreteScheduler::from_pretrained(const std::filesystem::path& folder) {
-  return FlowMatchEulerDiscreteScheduler(
-      FlowMatchEulerDiscreteSchedulerConfig::from_file(folder / "scheduler_config.json"));
+  const std::filesystem::path file = folder / "scheduler_config.json";
+  return from_config(JsonConfig::load(file).json(), file.string());
+}
+
+FlowMatchEulerDiscreteScheduler FlowMatchEulerDiscreteScheduler::from_config(const nlohmann::json& config,
+                                                                             const std::string& source) {
+  return made_from<FlowMatchEulerDiscreteScheduler>(config, source);
 }
 
 void FlowMatchEulerDiscreteScheduler::set_timesteps(int64_t num_inference_steps, std::optional<double> mu,
@@ -167,6 +200,20 @@ void FlowMatchEulerDiscreteScheduler::set_timesteps(int64_t num_inference_steps,
     sigmas_ = at::cat({shifted, at::zeros({1}, at::kFloat)});
   }
   num_inference_steps_ = num_inference_steps;
+  step_index_.reset();
+  begin_index_.reset();
+}
+
+void FlowMatchEulerDiscreteScheduler::set_timesteps_impl(int64_t num_inference_steps, const TimestepOptions& options) {
+  set_timesteps(num_inference_steps, options.mu, options.sigmas);
+}
+
+at::Tensor FlowMatchEulerDiscreteScheduler::step_impl(const at::Tensor& model_output, double timestep,
+                                                      const at::Tensor& sample, std::optional<at::Generator> generator) {
+  if (!step_index_) step_index_ = begin_index_ ? *begin_index_ : index_for_timestep(timestep);
+  at::Tensor prev = step(model_output, *step_index_, sample, std::move(generator));
+  step_index_ = *step_index_ + 1;
+  return prev;
 }
 
 int64_t FlowMatchEulerDiscreteScheduler::index_for_timestep(double timestep) const {

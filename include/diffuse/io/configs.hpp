@@ -123,25 +123,4 @@ struct AutoencoderKLConfig {
   static AutoencoderKLConfig from_file(const std::filesystem::path& file);
 };
 
-// diffusers' FlowMatchEulerDiscreteScheduler.
-struct FlowMatchEulerDiscreteSchedulerConfig {
-  int64_t num_train_timesteps = 1000;
-  double shift = 1.0;
-  bool use_dynamic_shifting = false;
-  double base_shift = 0.5;
-  double max_shift = 1.15;
-  int64_t base_image_seq_len = 256;
-  int64_t max_image_seq_len = 4096;
-  bool invert_sigmas = false;
-  std::optional<double> shift_terminal;
-  bool use_karras_sigmas = false;
-  bool use_exponential_sigmas = false;
-  bool use_beta_sigmas = false;
-  std::string time_shift_type = "exponential";  // or "linear"
-  bool stochastic_sampling = false;
-
-  static FlowMatchEulerDiscreteSchedulerConfig from_json(const JsonConfig& json);
-  static FlowMatchEulerDiscreteSchedulerConfig from_file(const std::filesystem::path& file);
-};
-
 }  // namespace diffuse

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "diffuse/io/configs.hpp"
+#include "diffuse/schedulers/flow_match_euler_discrete.hpp"
 
 namespace diffuse {
 
