@@ -24,14 +24,27 @@ at::Tensor timestep_embedding(const at::Tensor& timesteps, int64_t dim, bool fli
   return embedding;
 }
 
+TimestepsImpl::TimestepsImpl(int64_t num_channels_, bool flip_sin_to_cos_, double downscale_freq_shift_,
+                             double scale_)
+    : num_channels(num_channels_),
+      flip_sin_to_cos(flip_sin_to_cos_),
+      downscale_freq_shift(downscale_freq_shift_),
+      scale(scale_) {}
+
+at::Tensor TimestepsImpl::forward(const at::Tensor& timesteps) {
+  return timestep_embedding(timesteps, num_channels, flip_sin_to_cos, downscale_freq_shift, scale);
+}
+
 TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim,
-                                             const at::TensorOptions& options) {
+                                             const at::TensorOptions& options, std::string act_fn)
+    : act_fn_(std::move(act_fn)) {
+  activation(at::zeros({1}), act_fn_);  // an unknown name fails here
   linear_1 = register_module("linear_1", Linear(in_channels, time_embed_dim, /*bias=*/true, options));
   linear_2 = register_module("linear_2", Linear(time_embed_dim, time_embed_dim, /*bias=*/true, options));
 }
 
 at::Tensor TimestepEmbeddingImpl::forward(const at::Tensor& sample) {
-  return linear_2(at::silu(linear_1(sample)));
+  return linear_2(activation(linear_1(sample), act_fn_));
 }
 
 PixArtAlphaTextProjectionImpl::PixArtAlphaTextProjectionImpl(int64_t in_features, int64_t hidden_size,

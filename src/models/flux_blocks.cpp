@@ -19,19 +19,6 @@ at::Tensor clip_float16(const at::Tensor& x) {
   return x.scalar_type() == at::kHalf ? x.clamp(-65504, 65504) : x;
 }
 
-FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t mult, const at::TensorOptions& options) {
-  auto gelu = std::make_shared<torch::nn::Module>();  // diffusers' GELU: a module whose child is `proj`
-  proj_in = gelu->register_module("proj", Linear(dim, dim * mult, /*bias=*/true, options));
-  proj_out = Linear(dim * mult, dim_out, /*bias=*/true, options);
-  torch::nn::ModuleList net;
-  net->push_back(gelu);
-  net->push_back(NoParameters());  // dropout
-  net->push_back(proj_out);
-  register_module("net", net);
-}
-
-at::Tensor FeedForwardImpl::forward(const at::Tensor& x) { return proj_out(linear_gelu_tanh(*proj_in, x)); }
-
 FluxAttentionImpl::FluxAttentionImpl(int64_t dim, int64_t heads_, int64_t head_dim_, bool added_kv,
                                      const at::TensorOptions& options)
     : heads(heads_), head_dim(head_dim_) {

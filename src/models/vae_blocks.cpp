@@ -5,45 +5,20 @@
 
 namespace diffuse::vae {
 
-ResnetBlock2DImpl::ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t groups,
-                                     const std::string& act_fn, const at::TensorOptions& options)
-    : act_fn_(act_fn) {
-  norm1 = register_module("norm1", GroupNorm(groups, in_channels, kNormEps, true, options));
-  conv1 = register_module("conv1", Conv2d(in_channels, out_channels, 3, 1, 1, true, options));
-  norm2 = register_module("norm2", GroupNorm(groups, out_channels, kNormEps, true, options));
-  conv2 = register_module("conv2", Conv2d(out_channels, out_channels, 3, 1, 1, true, options));
-  if (in_channels != out_channels)
-    conv_shortcut = register_module("conv_shortcut", Conv2d(in_channels, out_channels, 1, 1, 0, true, options));
+namespace {
+
+// The VAE's resnets: no time embedding, eps 1e-6, output scale 1.
+ResnetBlock2D vae_resnet(int64_t in_channels, int64_t out_channels, int64_t groups, const std::string& act_fn,
+                         const at::TensorOptions& options) {
+  return ResnetBlock2D(ResnetBlock2DOptions{.in_channels = in_channels,
+                                            .out_channels = out_channels,
+                                            .groups = groups,
+                                            .eps = kNormEps,
+                                            .act_fn = act_fn},
+                       options);
 }
 
-at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& input) {
-  at::Tensor hidden = conv1(activation(norm1(input), act_fn_));
-  hidden = conv2(activation(norm2(hidden), act_fn_));
-  at::Tensor shortcut = conv_shortcut ? conv_shortcut(input) : input;
-  return shortcut + hidden;  // output_scale_factor is 1 in the VAE
-}
-
-Downsample2DImpl::Downsample2DImpl(int64_t channels, const at::TensorOptions& options) {
-  conv = register_module("conv", Conv2d(channels, channels, 3, /*stride=*/2, /*padding=*/0, true, options));
-}
-
-at::Tensor Downsample2DImpl::forward(const at::Tensor& input) {
-  // (left, right, top, bottom): the asymmetric padding of the original LDM VAE.
-  return conv(at::constant_pad_nd(input, {0, 1, 0, 1}, 0));
-}
-
-at::Tensor upsample_nearest_2x(const at::Tensor& input) {
-  // A broadcast copy instead of upsample_nearest2d: identical values, and it works for bfloat16 on
-  // the CPU with libtorch < 2.1, where that kernel does not (diffusers upcasts there for that reason).
-  const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
-  return input.reshape({b, c, h, 1, w, 1}).expand({b, c, h, 2, w, 2}).reshape({b, c, 2 * h, 2 * w});
-}
-
-Upsample2DImpl::Upsample2DImpl(int64_t channels, const at::TensorOptions& options) {
-  conv = register_module("conv", Conv2d(channels, channels, 3, 1, 1, true, options));
-}
-
-at::Tensor Upsample2DImpl::forward(const at::Tensor& input) { return conv(upsample_nearest_2x(input)); }
+}  // namespace
 
 AttentionImpl::AttentionImpl(int64_t channels, int64_t groups, const at::TensorOptions& options) {
   group_norm = register_module("group_norm", GroupNorm(groups, channels, kNormEps, true, options));
@@ -71,9 +46,9 @@ UNetMidBlock2DImpl::UNetMidBlock2DImpl(int64_t channels, int64_t groups, const s
                                        const at::TensorOptions& options) {
   resnets = register_module("resnets", torch::nn::ModuleList());
   attentions = register_module("attentions", torch::nn::ModuleList());
-  resnets->push_back(ResnetBlock2D(channels, channels, groups, act_fn, options));
+  resnets->push_back(vae_resnet(channels, channels, groups, act_fn, options));
   if (add_attention) attentions->push_back(Attention(channels, groups, options));
-  resnets->push_back(ResnetBlock2D(channels, channels, groups, act_fn, options));
+  resnets->push_back(vae_resnet(channels, channels, groups, act_fn, options));
 }
 
 at::Tensor UNetMidBlock2DImpl::forward(const at::Tensor& input) {
@@ -88,8 +63,10 @@ DownEncoderBlock2DImpl::DownEncoderBlock2DImpl(int64_t in_channels, int64_t out_
   resnets = register_module("resnets", torch::nn::ModuleList());
   downsamplers = register_module("downsamplers", torch::nn::ModuleList());
   for (int64_t i = 0; i < num_layers; ++i)
-    resnets->push_back(ResnetBlock2D(i == 0 ? in_channels : out_channels, out_channels, groups, act_fn, options));
-  if (add_downsample) downsamplers->push_back(Downsample2D(out_channels, options));
+    resnets->push_back(vae_resnet(i == 0 ? in_channels : out_channels, out_channels, groups, act_fn, options));
+  if (add_downsample)
+    downsamplers->push_back(
+        Downsample2D(Downsample2DOptions{.channels = out_channels, .use_conv = true, .padding = 0}, options));
 }
 
 at::Tensor DownEncoderBlock2DImpl::forward(const at::Tensor& input) {
@@ -105,8 +82,9 @@ UpDecoderBlock2DImpl::UpDecoderBlock2DImpl(int64_t in_channels, int64_t out_chan
   resnets = register_module("resnets", torch::nn::ModuleList());
   upsamplers = register_module("upsamplers", torch::nn::ModuleList());
   for (int64_t i = 0; i < num_layers; ++i)
-    resnets->push_back(ResnetBlock2D(i == 0 ? in_channels : out_channels, out_channels, groups, act_fn, options));
-  if (add_upsample) upsamplers->push_back(Upsample2D(out_channels, options));
+    resnets->push_back(vae_resnet(i == 0 ? in_channels : out_channels, out_channels, groups, act_fn, options));
+  if (add_upsample)
+    upsamplers->push_back(Upsample2D(Upsample2DOptions{.channels = out_channels, .use_conv = true}, options));
 }
 
 at::Tensor UpDecoderBlock2DImpl::forward(const at::Tensor& input) {

@@ -1,12 +1,13 @@
 #pragma once
-// The conditioning and position embeddings of FLUX.1 (diffusers' embeddings.py): sinusoidal timestep
-// features and their MLPs, the pooled text projection, and the rotary position embedding over
-// multi-axis ids (FluxPosEmbed) with the function that applies it to queries and keys.
+// The conditioning and position embeddings of FLUX.1 and SD's UNet (diffusers' embeddings.py):
+// sinusoidal timestep features and their MLPs, the pooled text projection, and the rotary position
+// embedding over multi-axis ids (FluxPosEmbed) with the function that applies it to queries and keys.
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <string>
 #include <vector>
 
 #include "diffuse/models/layers.hpp"
@@ -19,12 +20,29 @@ namespace diffuse {
 at::Tensor timestep_embedding(const at::Tensor& timesteps, int64_t dim, bool flip_sin_to_cos,
                               double downscale_freq_shift, double scale = 1.0, double max_period = 10000.0);
 
-// diffusers' TimestepEmbedding with its defaults: linear_1, SiLU, linear_2.
+// diffusers' Timesteps: timestep_embedding as a module (no parameters), the UNet's `time_proj`.
+// forward: [N] timesteps -> [N, num_channels] float32.
+class TimestepsImpl : public torch::nn::Module {
+ public:
+  TimestepsImpl(int64_t num_channels, bool flip_sin_to_cos, double downscale_freq_shift, double scale = 1.0);
+  at::Tensor forward(const at::Tensor& timesteps);
+  int64_t num_channels;
+  bool flip_sin_to_cos;
+  double downscale_freq_shift, scale;
+};
+TORCH_MODULE(Timesteps);
+
+// diffusers' TimestepEmbedding without its optional parts: linear_1, the activation, linear_2.
 class TimestepEmbeddingImpl : public torch::nn::Module {
  public:
-  TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim, const at::TensorOptions& options);
+  // act_fn: a name activation() knows ("silu" in every model here).
+  TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim, const at::TensorOptions& options,
+                        std::string act_fn = "silu");
   at::Tensor forward(const at::Tensor& sample);
   Linear linear_1{nullptr}, linear_2{nullptr};
+
+ private:
+  std::string act_fn_;
 };
 TORCH_MODULE(TimestepEmbedding);
 

@@ -17,6 +17,7 @@
 
 #include "diffuse/models/attention_backend.hpp"
 #include "diffuse/models/embeddings.hpp"
+#include "diffuse/models/feed_forward.hpp"
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/normalization.hpp"
 
@@ -34,17 +35,6 @@ struct AttentionSettings {
   // them, so no rank has to ask the others).
   std::vector<int64_t> mesh_lengths;
 };
-
-// diffusers' FeedForward(dim, dim_out, activation_fn="gelu-approximate"): net.0 is a GELU module
-// holding the up projection (net.0.proj), net.1 dropout (no parameters), net.2 the down projection.
-class FeedForwardImpl : public torch::nn::Module {
- public:
-  FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t mult, const at::TensorOptions& options);
-  at::Tensor forward(const at::Tensor& x);
-  Linear proj_in{nullptr};   // net.0.proj
-  Linear proj_out{nullptr};  // net.2
-};
-TORCH_MODULE(FeedForward);
 
 // Both streams' attention outputs; encoder_hidden_states is undefined for the single-stream form.
 struct FluxAttentionOutput {

@@ -1,8 +1,8 @@
 #pragma once
-// The parts of AutoencoderKL, as diffusers' Encoder and Decoder build them: group-normed ResNet blocks,
-// stride-2 downsampling, nearest-2x upsampling, the single-head self-attention of the middle block,
-// and the Encoder and Decoder stacks themselves. Only the variants the VAE uses are here (no time
-// embedding, no spatial norm), and every child carries diffusers' name, so that
+// The parts of AutoencoderKL, as diffusers' Encoder and Decoder build them: the single-head
+// self-attention and the middle block, the encoder and decoder blocks, and the Encoder and Decoder
+// stacks themselves, over the shared ResnetBlock2D (without a time embedding), Downsample2D and
+// Upsample2D (models/resnet.hpp, models/sampling.hpp). Every child carries diffusers' name, so that
 // `encoder.down_blocks.0.resnets.0.conv1.weight` loads as is. They live in diffuse::vae because other
 // models have blocks of the same names.
 
@@ -15,54 +15,14 @@
 
 #include "diffuse/io/configs.hpp"
 #include "diffuse/models/layers.hpp"
+#include "diffuse/models/resnet.hpp"
+#include "diffuse/models/sampling.hpp"
 #include "diffuse/placement/module_hooks.hpp"
 
 namespace diffuse::vae {
 
 // Every norm in diffusers' VAE uses this epsilon (resnet_eps=1e-6 in Encoder and Decoder).
 inline constexpr double kNormEps = 1e-6;
-
-// diffusers' ResnetBlock2D without a time embedding:
-// x + conv2(act(norm2(conv1(act(norm1(x)))))), with a 1x1 conv_shortcut on x when channels change.
-class ResnetBlock2DImpl : public torch::nn::Module {
- public:
-  ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t groups, const std::string& act_fn,
-                    const at::TensorOptions& options);
-  at::Tensor forward(const at::Tensor& input);
-
- private:
-  std::string act_fn_;
-  GroupNorm norm1{nullptr}, norm2{nullptr};
-  Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
-};
-TORCH_MODULE(ResnetBlock2D);
-
-// diffusers' Downsample2D(use_conv=True, padding=0): pads right and bottom by one, then a 3x3 conv of
-// stride 2, so H and W halve (rounding down) whatever their parity.
-class Downsample2DImpl : public torch::nn::Module {
- public:
-  Downsample2DImpl(int64_t channels, const at::TensorOptions& options);
-  at::Tensor forward(const at::Tensor& input);
-
- private:
-  Conv2d conv{nullptr};
-};
-TORCH_MODULE(Downsample2D);
-
-// diffusers' Upsample2D(use_conv=True): nearest-neighbour 2x, then a 3x3 conv.
-class Upsample2DImpl : public torch::nn::Module {
- public:
-  Upsample2DImpl(int64_t channels, const at::TensorOptions& options);
-  at::Tensor forward(const at::Tensor& input);
-
- private:
-  Conv2d conv{nullptr};
-};
-TORCH_MODULE(Upsample2D);
-
-// Nearest-neighbour 2x upsampling of [B, C, H, W], exact in every dtype (each pixel copied into a
-// 2x2 square, as F.interpolate(scale_factor=2, mode="nearest") does).
-at::Tensor upsample_nearest_2x(const at::Tensor& input);
 
 // diffusers' Attention as the VAE's middle block configures it: group_norm over channels, then
 // self-attention across the H*W positions with one head of dim `channels`, projected by to_out.0,

@@ -13,6 +13,7 @@
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "diffuse/placement/device_map.hpp"
 
@@ -58,6 +59,14 @@ class ModuleHooks {
 // own input structs (found by argument-dependent lookup).
 inline at::Tensor to_unit_device(const at::Tensor& input, c10::Device device) {
   return input.defined() ? input.to(device) : input;
+}
+// A list of inputs (a UNet up block's skip connections) moved together. Declared here rather than
+// beside a model: argument-dependent lookup does not look in diffuse for std::vector<at::Tensor>.
+inline std::vector<at::Tensor> to_unit_device(const std::vector<at::Tensor>& inputs, c10::Device device) {
+  std::vector<at::Tensor> moved;
+  moved.reserve(inputs.size());
+  for (const at::Tensor& input : inputs) moved.push_back(to_unit_device(input, device));
+  return moved;
 }
 
 // Base of every module whose forward runs units: the models, and the stacks inside them that loop over
