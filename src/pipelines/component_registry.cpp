@@ -7,6 +7,7 @@
 #include "diffuse/models/clip_text_model.hpp"
 #include "diffuse/models/flux_transformer.hpp"
 #include "diffuse/models/t5_encoder.hpp"
+#include "diffuse/models/unet_2d_condition.hpp"
 #include "diffuse/tokenizers/clip_tokenizer.hpp"
 #include "diffuse/tokenizers/t5_tokenizer.hpp"
 
@@ -26,6 +27,7 @@ Registry& registry() {
     r->classes["T5EncoderModel"] = model_component_class<T5EncoderModel>();
     r->classes["FluxTransformer2DModel"] = model_component_class<FluxTransformer2DModel>();
     r->classes["AutoencoderKL"] = model_component_class<AutoencoderKL>();
+    r->classes["UNet2DConditionModel"] = model_component_class<UNet2DConditionModel>();
     r->classes["CLIPTokenizer"] = tokenizer_component_class<ClipTokenizer>();
     r->classes["CLIPTokenizerFast"] = tokenizer_component_class<ClipTokenizer>();
     r->classes["T5Tokenizer"] = tokenizer_component_class<T5Tokenizer>();

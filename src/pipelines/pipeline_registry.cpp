@@ -5,6 +5,7 @@
 
 #include "diffuse/error.hpp"
 #include "diffuse/pipelines/flux_pipeline.hpp"
+#include "diffuse/pipelines/stable_diffusion_pipeline.hpp"
 
 namespace diffuse {
 namespace {
@@ -26,6 +27,7 @@ Registry& registry() {
     auto* r = new Registry;
     // The built-in families, one line each.
     r->families["FluxPipeline"] = factory_of<FluxPipeline>();
+    r->families["StableDiffusionPipeline"] = factory_of<StableDiffusionPipeline>();
     return r;
   }();
   return *registry;

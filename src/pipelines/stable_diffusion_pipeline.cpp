@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "diffuse/error.hpp"
+#include "diffuse/models/attention_backend.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/guidance.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
@@ -134,7 +135,7 @@ void StableDiffusionPipeline::check_memory_for(int64_t rows, int64_t height, int
     // The first block's self-attention over every latent position: math attention holds float32 scores
     // and probabilities for each pair; fused kernels only the tokens.
     const uint64_t tokens = static_cast<uint64_t>(height / vae_scale_factor_) * static_cast<uint64_t>(width / vae_scale_factor_);
-    const uint64_t heads = static_cast<uint64_t>(unet_config_.heads_of_block(0));
+    const uint64_t heads = static_cast<uint64_t>(unet_config_.num_attention_heads.front());
     const at::Tensor probe = at::empty({1, 1, 1, 8}, at::TensorOptions(dtype_).device(device));
     const bool math = resolve_attention_backend(unet()->attention_backend(), probe) == AttentionBackend::math;
     need = math ? 2 * 4 * r * heads * tokens * tokens
@@ -171,9 +172,9 @@ GenerateOutput StableDiffusionPipeline::generate(const GenerateRequest& request)
       request.num_images_per_prompt;
   if (!has_prompt) {
     const at::Tensor& pe = request.prompt_embeds;
-    if (pe.dim() != 3 || pe.size(2) != unet_config_.cross_attention_dim)
+    if (pe.dim() != 3 || pe.size(2) != unet_config_.cross_attention_dim.front())
       throw Error("prompt_embeds have shape " + c10::str(pe.sizes()) + "; expected [batch, tokens, " +
-                  std::to_string(unet_config_.cross_attention_dim) + "]");
+                  std::to_string(unet_config_.cross_attention_dim.front()) + "]");
     const at::Tensor& ne = request.negative_prompt_embeds;
     if (ne.defined() && ne.sizes() != pe.sizes())
       throw Error("negative_prompt_embeds have shape " + c10::str(ne.sizes()) + " but prompt_embeds " +
