@@ -9,6 +9,7 @@
 #include "diffuse/error.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/io/json_config.hpp"
+#include "diffuse/models/unet_2d_condition.hpp"
 #include "diffuse/models/weights.hpp"
 #include "diffuse/pipelines/flux_pipeline.hpp"
 #include "diffuse/pipelines/random_pipeline.hpp"
@@ -207,6 +208,27 @@ TEST(Planner, AutoSpreadsTheFluxDevTransformerEvenlyOverTwo16GbGpus) {
     std::cout << "[ plan ] " << placement_strategy_name(strategy) << ": cuda:0 " << format_bytes(on0) << ", cuda:1 "
               << format_bytes(on1) << "\n";
   }
+}
+
+TEST(Planner, Sd15UNetUnitsSpreadOverTwoGpusDownBlocksFirst) {
+  // SD 1.5's UNet: diffusers' defaults with CLIP-L's 768-wide text, in float16, built on the meta device.
+  UNet2DConditionConfig config;
+  config.cross_attention_dim = {768, 768, 768, 768};
+  UNet2DConditionModel unet(config, at::TensorOptions().dtype(at::kHalf).device(c10::kMeta));
+  const auto units = placement_units(model_units(*unet));
+  ASSERT_EQ(units.size(), 14u);
+  EXPECT_EQ(units[3].name, "down_blocks.0");
+  EXPECT_EQ(units[7].name, "mid_block");
+  EXPECT_EQ(units.back().name, "conv_out");
+  EXPECT_EQ(units[0].bytes, 0u);  // time_proj has no weights
+  EXPECT_EQ(format_bytes(sum_bytes(units)), "1.72 GB");  // 859.52M parameters
+  const uint64_t activations = activation_estimate(*unet);
+  const DevicePlan plan = plan_model_placement(units, parse_max_memory({{"cuda:0", "2GB"}, {"cuda:1", "2GB"}}),
+                                               {PlacementStrategy::Auto, activations, "unet"});
+  expect_contiguous(plan.map, {"cuda:0", "cuda:1"});
+  EXPECT_EQ(plan.map.at("down_blocks.0"), "cuda:0");
+  EXPECT_EQ(plan.map.at("conv_out"), "cuda:1");
+  std::cout << "[ plan ] SD 1.5 UNet (activations " << format_bytes(activations) << "): " << plan.map << "\n";
 }
 
 TEST(Planner, SequentialFillsGpu0First) {
