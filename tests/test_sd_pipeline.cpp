@@ -26,7 +26,7 @@ const nlohmann::json& reference_json() {
 }
 
 const SafetensorsFile& reference() {
-  static const SafetensorsFile file = SafetensorsFile::open(tiny_sd() / "reference.safetensors");
+  static const SafetensorsFile file(tiny_sd() / "reference.safetensors");
   return file;
 }
 

@@ -14,11 +14,16 @@ ModelIndex ModelIndex::from_file(const std::filesystem::path& file) {
   index.class_name = json.get_string("_class_name", "");
   index.diffusers_version = json.get_string("_diffusers_version", "");
   if (index.class_name.empty()) throw Error(file.string() + ": missing '_class_name' (not a model_index.json?)");
-  // Components are the keys that do not start with '_', each [library, class] or [null, null].
+  // Components are the keys that do not start with '_', each [library, class] or [null, null]; a
+  // scalar is an argument of the pipeline's constructor (SD's requires_safety_checker: false).
   for (const std::string& key : json.keys()) {
     if (key.empty() || key[0] == '_') continue;
     const nlohmann::json entry = nlohmann::json::parse(json.dump(key));
     if (entry.is_null()) continue;
+    if (entry.is_boolean() || entry.is_number() || entry.is_string()) {
+      index.arguments[key] = entry.dump();
+      continue;
+    }
     if (!entry.is_array() || entry.size() != 2)
       throw Error(file.string() + ": key '" + key + "' should be [library, class], got " + json_for_message(entry));
     if (entry[0].is_null() && entry[1].is_null()) continue;

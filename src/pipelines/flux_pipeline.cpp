@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include <nlohmann/json.hpp>
+
 #include "diffuse/distributed/communicator.hpp"
 #include "diffuse/error.hpp"
 #include "diffuse/io/inspect.hpp"

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "diffuse/error.hpp"
+#include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/guidance.hpp"

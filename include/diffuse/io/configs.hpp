@@ -23,6 +23,8 @@ struct ModelIndex {
   std::string class_name;  // the pipeline class, "FluxPipeline"
   std::string diffusers_version;
   std::map<std::string, Component> components;  // entries given as [null, null] are left out
+  // Scalar entries, as JSON text: arguments of the pipeline class (e.g. requires_safety_checker).
+  std::map<std::string, std::string> arguments;
 
   static ModelIndex from_file(const std::filesystem::path& file);
 };
