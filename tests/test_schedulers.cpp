@@ -133,7 +133,8 @@ TEST(Schedulers, PndmFirstStepMatchesDiffusers) {
   scheduler->set_timesteps(sd_reference().at("num_inference_steps").get<int64_t>());
   const at::Tensor latents = sd_tensors().load("latents_init");
   const double t = scheduler->timesteps()[0].item<double>();
-  EXPECT_TRUE(at::cat({latents, latents}).equal(scheduler->scale_model_input(sd_tensors().load("unet_sample_step0"), t)));
+  const at::Tensor unet_sample = sd_tensors().load("unet_sample_step0");
+  EXPECT_TRUE(at::cat({latents, latents}).equal(scheduler->scale_model_input(unet_sample, t)));
   const std::vector<at::Tensor> out = sd_tensors().load("unet_out_step0").chunk(2);
   const double guidance = sd_reference().at("guidance_scale").get<double>();
   const at::Tensor noise_pred = out[0] + guidance * (out[1] - out[0]);
@@ -197,6 +198,19 @@ TEST(Schedulers, AFileNamesEveryKeySoItsValuesCarryOver) {
   EXPECT_EQ(values(euler->timesteps()), (std::vector<double>{751, 501, 251, 1}));
 }
 
+TEST(Schedulers, AConstructedSchedulerPassesOnlyTheValuesItWasGiven) {
+  // diffusers' PNDMScheduler() lists every argument as a default, so Euler made from its config keeps
+  // Euler's own defaults; a value given (here the spacing) carries over.
+  EXPECT_EQ(make_scheduler("euler", PNDMScheduler().Scheduler::config())->config().at("timestep_spacing"), "linspace");
+  PNDMSchedulerConfig c;
+  c.timestep_spacing = "trailing";
+  const PNDMScheduler trailing(c);
+  EXPECT_EQ(make_scheduler("euler", trailing.Scheduler::config())->config().at("timestep_spacing"), "trailing");
+  const auto defaults = trailing.Scheduler::config().at("_use_default_values").get<std::set<std::string>>();
+  EXPECT_TRUE(defaults.count("beta_schedule"));
+  EXPECT_FALSE(defaults.count("timestep_spacing"));
+}
+
 // ---- step arithmetic --------------------------------------------------------------------------------
 
 TEST(Schedulers, PndmPlmsCombinesPastOutputsWithAdamsBashforthWeights) {
@@ -221,7 +235,8 @@ TEST(Schedulers, PndmPlmsCombinesPastOutputsWithAdamsBashforthWeights) {
   // the same sample, with the mean of e0 and e1. Then PLMS over e0, e2, e3, ... (e1 is not kept).
   at::Tensor x = scheduler.step(e[0], t[0], x0);
   const at::Tensor first = x;
-  EXPECT_TRUE(test::tensors_close(x, ddim_update(x0.to(at::kDouble), e[0].to(at::kDouble), alpha(t[0]), alpha(t[1])), 1e-5));
+  EXPECT_TRUE(
+      test::tensors_close(x, ddim_update(x0.to(at::kDouble), e[0].to(at::kDouble), alpha(t[0]), alpha(t[1])), 1e-5));
   x = scheduler.step(e[1], t[1], x);
   at::Tensor expected =
       ddim_update(x0.to(at::kDouble), ((e[0] + e[1]) / 2).to(at::kDouble), alpha(t[0]), alpha(t[1]));

@@ -46,7 +46,7 @@ nlohmann::json DDIMSchedulerConfig::to_json() const {
 }
 
 DDIMScheduler::DDIMScheduler(DDIMSchedulerConfig config)
-    : Scheduler(kWho, config.to_json()), config_(std::move(config)) {
+    : Scheduler(kWho, config.to_json(), DDIMSchedulerConfig{}.to_json()), config_(std::move(config)) {
   check_choice(kWho, "prediction_type", config_.prediction_type, {"epsilon", "sample", "v_prediction"});
   check_choice(kWho, "timestep_spacing", config_.timestep_spacing, {"linspace", "leading", "trailing"});
   at::Tensor betas = make_betas(config_, kWho);

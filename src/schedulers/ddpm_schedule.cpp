@@ -163,7 +163,8 @@ double sigma_to_t_as(T sigma, const std::vector<float>& log_sigmas) {
   if (w < 0) w = 0;
   if (w > 1) w = 1;
   const T one_minus_w = 1 - w;
-  return static_cast<double>(one_minus_w) * static_cast<double>(low) + static_cast<double>(w) * static_cast<double>(high);
+  return static_cast<double>(one_minus_w) * static_cast<double>(low) +
+         static_cast<double>(w) * static_cast<double>(high);
 }
 
 }  // namespace
@@ -195,7 +196,8 @@ at::Tensor threshold_sample(const at::Tensor& sample, double ratio, double max_v
   const auto shape = x.sizes().vec();
   x = x.reshape({shape[0], -1});
   at::Tensor s = at::quantile(x.abs(), ratio, 1);
-  s = at::clamp(s, at::Scalar(1), at::Scalar(max_value)).unsqueeze(1);  // at least 1: then it is plain clipping to [-1, 1]
+  // At least 1: where the quantile is below 1 this is plain clipping to [-1, 1].
+  s = at::clamp(s, at::Scalar(1), at::Scalar(max_value)).unsqueeze(1);
   x = at::clamp(x, -s, s) / s;
   return x.reshape(shape).to(dtype);
 }

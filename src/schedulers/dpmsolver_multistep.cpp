@@ -95,12 +95,15 @@ nlohmann::json DPMSolverMultistepSchedulerConfig::to_json() const {
 }
 
 DPMSolverMultistepScheduler::DPMSolverMultistepScheduler(DPMSolverMultistepSchedulerConfig config)
-    : Scheduler(kWho, config.to_json()), config_(std::move(config)), flow_shift_(config_.flow_shift) {
+    : Scheduler(kWho, config.to_json(), DPMSolverMultistepSchedulerConfig{}.to_json()),
+      config_(std::move(config)),
+      flow_shift_(config_.flow_shift) {
   const auto& c = config_;
   const std::string who = kWho;
   if (c.algorithm_type == "deis") config_.algorithm_type = "dpmsolver++";
   if (c.solver_type == "logrho" || c.solver_type == "bh1" || c.solver_type == "bh2") config_.solver_type = "midpoint";
-  check_choice(who, "algorithm_type", c.algorithm_type, {"dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"});
+  check_choice(who, "algorithm_type", c.algorithm_type,
+               {"dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"});
   check_choice(who, "solver_type", c.solver_type, {"midpoint", "heun"});
   check_choice(who, "prediction_type", c.prediction_type, {"epsilon", "sample", "v_prediction", "flow_prediction"});
   check_choice(who, "final_sigmas_type", c.final_sigmas_type, {"zero", "sigma_min"});
@@ -119,7 +122,8 @@ DPMSolverMultistepScheduler::DPMSolverMultistepScheduler(DPMSolverMultistepSched
   if (int(c.use_beta_sigmas) + int(c.use_exponential_sigmas) + int(c.use_karras_sigmas) > 1)
     throw Error(who + ": only one of use_beta_sigmas, use_exponential_sigmas and use_karras_sigmas can be set");
   if (c.use_beta_sigmas)
-    throw Error(who + ": use_beta_sigmas is not supported (it needs scipy's beta.ppf); use karras or exponential sigmas");
+    throw Error(who +
+                ": use_beta_sigmas is not supported (it needs scipy's beta.ppf); use karras or exponential sigmas");
 
   at::Tensor betas = make_betas(c, kWho);
   if (c.rescale_betas_zero_snr) betas = rescale_zero_terminal_snr(betas);

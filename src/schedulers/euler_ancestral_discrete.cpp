@@ -42,7 +42,8 @@ nlohmann::json EulerAncestralDiscreteSchedulerConfig::to_json() const {
 }
 
 EulerAncestralDiscreteScheduler::EulerAncestralDiscreteScheduler(EulerAncestralDiscreteSchedulerConfig config)
-    : Scheduler(kWho, config.to_json()), config_(std::move(config)) {
+    : Scheduler(kWho, config.to_json(), EulerAncestralDiscreteSchedulerConfig{}.to_json()),
+      config_(std::move(config)) {
   const auto& c = config_;
   if (c.prediction_type == "sample")
     throw Error(std::string(kWho) + ": prediction_type 'sample' is not implemented (diffusers neither)");

@@ -58,7 +58,7 @@ nlohmann::json EulerDiscreteSchedulerConfig::to_json() const {
 }
 
 EulerDiscreteScheduler::EulerDiscreteScheduler(EulerDiscreteSchedulerConfig config)
-    : Scheduler(kWho, config.to_json()), config_(std::move(config)) {
+    : Scheduler(kWho, config.to_json(), EulerDiscreteSchedulerConfig{}.to_json()), config_(std::move(config)) {
   const auto& c = config_;
   check_choice(kWho, "prediction_type", c.prediction_type, {"epsilon", "v_prediction", "sample", "original_sample"});
   check_choice(kWho, "interpolation_type", c.interpolation_type, {"linear", "log_linear"});

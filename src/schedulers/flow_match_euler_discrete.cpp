@@ -132,7 +132,9 @@ nlohmann::json FlowMatchEulerDiscreteSchedulerConfig::to_json() const {
 }
 
 FlowMatchEulerDiscreteScheduler::FlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteSchedulerConfig config)
-    : Scheduler("FlowMatchEulerDiscreteScheduler", config.to_json()), config_(std::move(config)), shift_(config_.shift) {
+    : Scheduler("FlowMatchEulerDiscreteScheduler", config.to_json(), FlowMatchEulerDiscreteSchedulerConfig{}.to_json()),
+      config_(std::move(config)),
+      shift_(config_.shift) {
   if (config_.time_shift_type != "exponential" && config_.time_shift_type != "linear")
     throw Error("FlowMatchEulerDiscreteScheduler: time_shift_type must be 'exponential' or 'linear', got '" +
                 config_.time_shift_type + "'");
@@ -209,7 +211,8 @@ void FlowMatchEulerDiscreteScheduler::set_timesteps_impl(int64_t num_inference_s
 }
 
 at::Tensor FlowMatchEulerDiscreteScheduler::step_impl(const at::Tensor& model_output, double timestep,
-                                                      const at::Tensor& sample, std::optional<at::Generator> generator) {
+                                                      const at::Tensor& sample,
+                                                      std::optional<at::Generator> generator) {
   if (!step_index_) step_index_ = begin_index_ ? *begin_index_ : index_for_timestep(timestep);
   at::Tensor prev = step(model_output, *step_index_, sample, std::move(generator));
   step_index_ = *step_index_ + 1;

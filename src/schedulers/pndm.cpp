@@ -35,7 +35,7 @@ nlohmann::json PNDMSchedulerConfig::to_json() const {
 }
 
 PNDMScheduler::PNDMScheduler(PNDMSchedulerConfig config)
-    : Scheduler(kWho, config.to_json()), config_(std::move(config)) {
+    : Scheduler(kWho, config.to_json(), PNDMSchedulerConfig{}.to_json()), config_(std::move(config)) {
   check_choice(kWho, "prediction_type", config_.prediction_type, {"epsilon", "v_prediction"});
   check_choice(kWho, "timestep_spacing", config_.timestep_spacing, {"linspace", "leading", "trailing"});
   alphas_cumprod_ = alphas_cumprod_of(make_betas(config_, kWho));

@@ -9,8 +9,12 @@ namespace diffuse {
 
 Scheduler::~Scheduler() = default;
 
-Scheduler::Scheduler(std::string class_name, const nlohmann::json& typed) {
+Scheduler::Scheduler(std::string class_name, const nlohmann::json& typed, const nlohmann::json& defaults) {
   auto config = std::make_shared<nlohmann::json>(typed);
+  nlohmann::json used_defaults = nlohmann::json::array();
+  for (const auto& [key, value] : typed.items())
+    if (defaults.contains(key) && defaults.at(key) == value) used_defaults.push_back(key);
+  if (!used_defaults.empty()) (*config)["_use_default_values"] = std::move(used_defaults);
   (*config)["_class_name"] = std::move(class_name);
   json_config_ = std::move(config);
 }

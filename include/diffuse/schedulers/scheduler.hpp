@@ -71,7 +71,7 @@ class Scheduler {
 
   // The denoiser's input at `timestep` (one of timesteps()). The identity except for the Euler
   // schedulers, which divide by sqrt(sigma^2 + 1).
-  virtual at::Tensor scale_model_input(const at::Tensor& sample, double timestep) { return sample; }
+  virtual at::Tensor scale_model_input(const at::Tensor& sample, double /*timestep*/) { return sample; }
 
   // One step back from `timestep` (one of timesteps(), in order) given the denoiser's output there:
   // the sample at the next timestep, in model_output's dtype. Stochastic schedulers draw their noise
@@ -94,13 +94,18 @@ class Scheduler {
   const nlohmann::json& config() const;
 
  protected:
-  // `typed`: every key the class reads, with its value.
-  Scheduler(std::string class_name, const nlohmann::json& typed);
+  // `typed`: every key the class reads, with its value; `defaults`: the same for a default config.
+  // Keys whose value is the default are listed in `_use_default_values`, as diffusers lists the
+  // arguments a constructor was not given, so that a class made from this config uses its own.
+  Scheduler(std::string class_name, const nlohmann::json& typed, const nlohmann::json& defaults);
   Scheduler(const Scheduler&) = default;
   Scheduler(Scheduler&&) = default;
   Scheduler& operator=(const Scheduler&) = default;
   Scheduler& operator=(Scheduler&&) = default;
 
+  // What set_timesteps() and step() run. Those two are not virtual themselves so that a class may keep
+  // members of the same names with other arguments (FlowMatchEulerDiscreteScheduler's step by index),
+  // which would otherwise make calls ambiguous or silently pick the wrong overload.
   virtual void set_timesteps_impl(int64_t num_inference_steps, const TimestepOptions& options) = 0;
   virtual at::Tensor step_impl(const at::Tensor& model_output, double timestep, const at::Tensor& sample,
                                std::optional<at::Generator> generator) = 0;
