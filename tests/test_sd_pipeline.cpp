@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "diffuse/error.hpp"
+#include "diffuse/io/json_config.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/pipeline_registry.hpp"
 #include "diffuse/pipelines/stable_diffusion_pipeline.hpp"
@@ -21,7 +22,8 @@ namespace {
 fs::path tiny_sd() { return *test::fixtures_dir() / "tiny-sd"; }
 
 const nlohmann::json& reference_json() {
-  static const nlohmann::json json = nlohmann::json::parse(std::ifstream(tiny_sd() / "reference.json"));
+  // JsonConfig reads Python's -Infinity (DPM-Solver's lambda_min_clipped) as diffusers writes it.
+  static const nlohmann::json json = JsonConfig::load(tiny_sd() / "reference.json").json();
   return json;
 }
 
