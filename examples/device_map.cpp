@@ -19,9 +19,11 @@
 #include <cstdlib>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 
+#include "cli/options.hpp"
 #include "diffuse/diffuse.hpp"
 #include "diffuse/placement/device_memory.hpp"
 #include "diffuse/placement/model_units.hpp"
@@ -31,22 +33,79 @@ using namespace diffuse;
 
 namespace {
 
-[[noreturn]] void fail(const std::string& message) {
-  std::cerr << "device_map: " << message << "\n";
-  std::exit(2);
-}
+using cli::Gen;  // diffuse::cli, through the using-directive above
 
-// "cuda:0=16GB,cuda:1=16GB" -> {{"cuda:0", "16GB"}, {"cuda:1", "16GB"}}
+// "cuda:0=16GB,cuda:1=16GB" -> {{"cuda:0", "16GB"}, {"cuda:1", "16GB"}}; the sizes are checked by
+// parse_max_memory.
 MaxMemory parse_budgets(const std::string& text) {
   MaxMemory out;
   std::stringstream items(text);
   std::string item;
   while (std::getline(items, item, ',')) {
     const auto equals = item.find('=');
-    if (equals == std::string::npos) fail("--max-memory wants DEVICE=SIZE[,DEVICE=SIZE...], got '" + item + "'");
+    if (equals == std::string::npos)
+      throw cli::invalid_value("--max-memory expects DEVICE=SIZE[,DEVICE=SIZE...], got '" + item + "'");
     out[item.substr(0, equals)] = item.substr(equals + 1);
   }
   return out;
+}
+
+struct Arguments {
+  cli::ModelOptions model;  // --model and --dtype; every stage picks its own devices
+  cli::GenerationOptions generation{.prompts = {"a photo of a cat wearing a tiny wizard hat"},
+                                    .height = 512, .width = 512, .steps = 4, .seed = 0};
+  std::string budgets;            // --max-memory; empty: 16GB per GPU, or cpu=1MB,disk=1GB without one
+  std::string activation_memory;  // empty: "auto" with a GPU, else 0
+  std::optional<double> tolerance;
+  bool skip_offload = false;
+};
+
+Arguments parse(int argc, char** argv) {
+  Arguments a;
+  CLI::App app(
+      "Shows diffuse's placement on a FLUX.1 pipeline folder: planned maps, the multi-GPU flow of\n"
+      "diffusers' distributed-inference guide with its peak memory per GPU, the same call on one\n"
+      "device, and model / sequential CPU offload, each compared with the one-device output.\n"
+      "Exits 1 when an output differs from the one-device run by more than --tolerance, or a GPU's\n"
+      "peak memory exceeds its budget.",
+      "device_map");
+  cli::init(app, "device_map --model DIR [--max-memory DEVICE=SIZE,...] [options]");
+  cli::add_model_option(app, a.model.model);
+  cli::add_dtype_option(app, a.model.dtype);
+  cli::add_generation_options(app, a.generation, {Gen::Prompt, Gen::Size, Gen::Steps, Gen::Seed});
+  app.get_option("--prompt")->description("the prompt (one)");
+  cli::add_text(app, "--max-memory", a.budgets, "DEVICE=SIZE,...",
+                "budgets, as Accelerate's max_memory: cuda:0=16GB,cuda:1=16GB,cpu=64GiB,disk=200GB\n"
+                "(default: 16GB per GPU, or cpu=1MB,disk=1GB without a GPU)",
+                [](const std::string& text) {
+                  try {
+                    parse_max_memory(parse_budgets(text));
+                  } catch (const Error& e) {
+                    throw cli::invalid_value("--max-memory: " + std::string(e.what()));
+                  }
+                })
+      ->group("Placement");
+  cli::add_text(app, "--activation-memory", a.activation_memory, "auto|SIZE",
+                "kept free per GPU for activations (default: an estimate for 1024x1024 (auto),\n"
+                "or 0 without a GPU)",
+                [](const std::string& text) {
+                  if (text == "auto") return;
+                  try {
+                    parse_memory_size(text);
+                  } catch (const Error& e) {
+                    throw cli::invalid_value("--activation-memory: " + std::string(e.what()));
+                  }
+                })
+      ->group("Placement");
+  cli::add_float(app, "--tolerance", a.tolerance,
+                 "largest max|a-b|/max|b| against the one-device run (default: 2e-2 in bfloat16/float16,\n"
+                 "1e-5 in float32)",
+                 {.min = 0});
+  cli::add_flag(app, "--skip-offload", a.skip_offload, "leave out part 4 (CPU offload)");
+  cli::parse(app, argc, argv);
+  if (a.generation.prompts.size() > 1)
+    cli::usage_error(app, "one --prompt only (got " + std::to_string(a.generation.prompts.size()) + ")");
+  return a;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -98,50 +157,18 @@ struct PeakMemory {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, budgets_text, dtype_name = "float32", activation_memory;
-  std::string prompt = "a photo of a cat wearing a tiny wizard hat";
-  int64_t height = 512, width = 512, steps = 4;
-  uint64_t seed = 0;
-  double tolerance = -1;
-  bool skip_offload = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) fail(flag + " needs a value");
-      return argv[++i];
-    };
-    if (flag == "--help" || flag == "-h") {
-      std::cout << "usage: device_map --model DIR [--max-memory DEVICE=SIZE,...] [--dtype float32|bfloat16|float16]\n"
-                   "       [--height N] [--width N] [--steps N] [--seed N] [--prompt TEXT]\n"
-                   "       [--activation-memory auto|SIZE] [--tolerance X] [--skip-offload]\n\n"
-                   "Shows diffuse's placement on a FLUX.1 pipeline folder: planned maps, the multi-GPU flow of\n"
-                   "diffusers' distributed-inference guide with its peak memory per GPU, the same call on one\n"
-                   "device, and model / sequential CPU offload, each compared with the one-device output.\n"
-                   "--max-memory defaults to 16GB per GPU, or cpu=1MB,disk=1GB without a GPU.\n"
-                   "--activation-memory (kept free per GPU) defaults to an estimate for 1024x1024, or 0 without a GPU.\n"
-                   "--tolerance defaults to 2e-2 in bfloat16/float16 and 1e-5 in float32.\n";
-      return 0;
-    } else if (flag == "--model") model = value();
-    else if (flag == "--max-memory") budgets_text = value();
-    else if (flag == "--dtype") dtype_name = value();
-    else if (flag == "--height") height = std::atoll(value().c_str());
-    else if (flag == "--width") width = std::atoll(value().c_str());
-    else if (flag == "--steps") steps = std::atoll(value().c_str());
-    else if (flag == "--seed") seed = std::strtoull(value().c_str(), nullptr, 10);
-    else if (flag == "--prompt") prompt = value();
-    else if (flag == "--tolerance") tolerance = std::atof(value().c_str());
-    else if (flag == "--activation-memory") activation_memory = value();
-    else if (flag == "--skip-offload") skip_offload = true;
-    else fail("unknown option '" + flag + "' (see --help)");
-  }
-  if (model.empty()) fail("--model is required (see --help)");
-
+  const Arguments args = parse(argc, argv);
+  const std::string& model = args.model.model;
+  const std::string& dtype_name = args.model.dtype;
+  const std::string& prompt = args.generation.prompts.front();
+  const int64_t height = *args.generation.height, width = *args.generation.width;
+  std::string activation_memory = args.activation_memory;
   try {
     const c10::ScalarType dtype = parse_dtype(dtype_name);
-    if (tolerance < 0) tolerance = dtype == at::kFloat ? 1e-5 : 2e-2;
+    const double tolerance = args.tolerance.value_or(dtype == at::kFloat ? 1e-5 : 2e-2);
     MaxMemory max_memory;
-    if (!budgets_text.empty()) {
-      max_memory = parse_budgets(budgets_text);
+    if (!args.budgets.empty()) {
+      max_memory = parse_budgets(args.budgets);
     } else if (gpu_count() > 0) {
       for (int i = 0; i < gpu_count(); ++i) max_memory["cuda:" + std::to_string(i)] = "16GB";
     } else {
@@ -213,8 +240,10 @@ int main(int argc, char** argv) {
     std::cout << "    encoded in " << std::fixed << std::setprecision(2) << seconds_since(start) << " s (with loading)\n";
     peaks.print("text encoders", true);
 
-    GenerateRequest request{.height = height, .width = width, .num_inference_steps = steps, .seed = seed,
-                            .output_type = OutputType::Latent, .progress = false};
+    GenerateRequest request = args.generation.request();
+    request.prompt = {};
+    request.output_type = OutputType::Latent;
+    request.progress = false;
     at::Tensor latents;
     start = std::chrono::steady_clock::now();
     peaks.reset();
@@ -282,7 +311,7 @@ int main(int argc, char** argv) {
     compare("device-mapped flow vs one device", staged_out, reference);
 
     // ---- 4. offloading ---------------------------------------------------------------------------------
-    if (!skip_offload) {
+    if (!args.skip_offload) {
       std::cout << "\n4. CPU offload on " << one_device << "\n";
       single.enable_model_cpu_offload(one_device);
       start = std::chrono::steady_clock::now();

@@ -24,42 +24,62 @@
 #include <string>
 #include <vector>
 
+#include "cli/cli.hpp"
+
 namespace {
 
-const char* kHelp = R"(usage: diffuse-launch --nproc-per-node N [options] PROGRAM [ARGS...]
+namespace cli = diffuse::cli;
 
-Starts N processes of PROGRAM on this machine, each with torchrun's variables set: RANK and LOCAL_RANK
-(0 .. N-1), WORLD_SIZE and LOCAL_WORLD_SIZE (N), MASTER_ADDR and MASTER_PORT (where rank 0 hosts the
-store that the ranks meet through; diffuse::Distributed::init() reads them all). Each line that a
-process prints comes out prefixed with "[rank R] ". When a process fails (non-zero exit or a signal),
-the others are stopped (SIGTERM, then SIGKILL after --grace seconds) and diffuse-launch exits with
-the failed rank's code, naming it. `torchrun --no-python --nproc-per-node N PROGRAM ARGS...` works
-the same way.
+struct Arguments {
+  int64_t nproc = 0;
+  std::string master_addr = "127.0.0.1";
+  int64_t master_port = 0;  // 0: a free one
+  double grace = 5;
+  bool no_prefix = false;
+  std::vector<std::string> program;  // PROGRAM ARGS..., passed through untouched
+};
 
-  --nproc-per-node N     processes to start, usually one per GPU (required)
-  --master-addr ADDR     address of rank 0's store (default 127.0.0.1)
-  --master-port PORT     its port (default: a free one)
-  --grace SECONDS        how long stopped processes get before SIGKILL (default 5)
-  --no-prefix            pass the output through without rank prefixes
-  --help                 this text
+Arguments parse(int argc, char** argv) {
+  Arguments a;
+  CLI::App app(
+      "Starts N processes of PROGRAM on this machine, each with torchrun's variables set: RANK and LOCAL_RANK\n"
+      "(0 .. N-1), WORLD_SIZE and LOCAL_WORLD_SIZE (N), MASTER_ADDR and MASTER_PORT (where rank 0 hosts the\n"
+      "store that the ranks meet through; diffuse::Distributed::init() reads them all). Each line that a\n"
+      "process prints comes out prefixed with \"[rank R] \". When a process fails (non-zero exit or a signal),\n"
+      "the others are stopped (SIGTERM, then SIGKILL after --grace seconds) and diffuse-launch exits with\n"
+      "the failed rank's code, naming it. `torchrun --no-python --nproc-per-node N PROGRAM ARGS...` works\n"
+      "the same way. Everything from PROGRAM on is PROGRAM's own command line.",
+      "diffuse-launch");
+  cli::init(app, "diffuse-launch --nproc-per-node N [options] PROGRAM [ARGS...]");
+  cli::add_int(app, "--nproc-per-node,--nproc_per_node", a.nproc, "processes to start, usually one per GPU",
+               {.min = 1, .max = 1024})
+      ->required();
+  cli::add_text(app, "--master-addr,--master_addr", a.master_addr, "ADDR", "address of rank 0's store");
+  cli::add_int(app, "--master-port,--master_port", a.master_port, "its port; 0 picks a free one",
+               {.min = 0, .max = 65535});
+  cli::add_float(app, "--grace", a.grace, "how long stopped processes get before SIGKILL", {.min = 0})
+      ->type_name("SECONDS");
+  cli::add_flag(app, "--no-prefix", a.no_prefix, "pass the output through without rank prefixes");
+  app.footer(
+      "OMP_NUM_THREADS is set to 1 for each process unless it is set already (as torchrun does), so that N\n"
+      "processes do not each start one thread per core.");
+  // Parsing stops at the first argument that is not one of the options above (or after "--"): PROGRAM.
+  app.prefix_command();
+  cli::parse(app, argc, argv);
+  a.program = app.remaining();
+  const bool marked = !a.program.empty() && a.program.front() == "--";  // "--" then PROGRAM
+  if (marked) a.program.erase(a.program.begin());
+  if (a.program.empty()) cli::usage_error(app, "no program to start");
+  // Without "--", an unknown option before PROGRAM is a mistake, not a program called "--bogus".
+  if (!marked && a.program.front().size() > 1 && a.program.front()[0] == '-')
+    cli::usage_error(app, "unknown option '" + a.program.front() + "'");
+  return a;
+}
 
-OMP_NUM_THREADS is set to 1 for each process unless it is set already (as torchrun does), so that N
-processes do not each start one thread per core.
-)";
-
+// Failures before any process starts (no free port, no pipe): one line, exit code 2.
 [[noreturn]] void fail(const std::string& message) {
   std::cerr << "diffuse-launch: " << message << "\n";
   std::exit(2);
-}
-
-int parse_int(const std::string& flag, const std::string& text) {
-  try {
-    size_t used = 0;
-    const int value = std::stoi(text, &used);
-    if (used == text.size()) return value;
-  } catch (const std::exception&) {
-  }
-  fail(flag + " expects an integer, got '" + text + "'");
 }
 
 // A port that nothing listens on now: bind to port 0, read what the system chose, release it.
@@ -119,36 +139,14 @@ std::string describe_status(int status) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int nproc = 0;
-  std::string master_addr = "127.0.0.1";
-  int master_port = 0;
-  double grace = 5;
-  bool prefix = true;
-  int i = 1;
-  for (; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) fail(flag + " needs a value");
-      return argv[++i];
-    };
-    if (flag == "--help" || flag == "-h") {
-      std::cout << kHelp;
-      return 0;
-    } else if (flag == "--nproc-per-node" || flag == "--nproc_per_node") nproc = parse_int(flag, value());
-    else if (flag == "--master-addr" || flag == "--master_addr") master_addr = value();
-    else if (flag == "--master-port" || flag == "--master_port") master_port = parse_int(flag, value());
-    else if (flag == "--grace") grace = std::stod(value());
-    else if (flag == "--no-prefix") prefix = false;
-    else if (flag == "--") {
-      ++i;
-      break;
-    } else if (flag.rfind("--", 0) == 0) fail("unknown option '" + flag + "' (see --help)");
-    else break;
-  }
-  if (nproc < 1) fail("--nproc-per-node N (at least 1) is required (see --help)");
-  if (i >= argc) fail("no program to start (see --help)");
-  if (master_port == 0) master_port = free_port(master_addr);
-  std::vector<char*> program(argv + i, argv + argc);
+  const Arguments args = parse(argc, argv);
+  const int nproc = static_cast<int>(args.nproc);
+  const std::string& master_addr = args.master_addr;
+  const int master_port = args.master_port != 0 ? static_cast<int>(args.master_port) : free_port(master_addr);
+  const double grace = args.grace;
+  const bool prefix = !args.no_prefix;
+  std::vector<char*> program;
+  for (const std::string& arg : args.program) program.push_back(const_cast<char*>(arg.c_str()));
   program.push_back(nullptr);
 
   struct sigaction action {};

@@ -9,56 +9,50 @@
 #include <iostream>
 #include <string>
 
+#include "cli/options.hpp"
 #include "diffuse/diffuse.hpp"
 
 namespace {
 
-const char* kHelp = R"(usage: make_random_pipeline --output DIR [options]
+namespace cli = diffuse::cli;
 
-Writes a pipeline folder in diffusers' format (model_index.json, configs, safetensors, tokenizers)
-with random weights, at a named shape.
+struct Arguments {
+  diffuse::RandomPipelineOptions options;
+  std::string output;
+  std::string dtype;       // empty: float32 for flux-tiny, bfloat16 for flux-dev
+  std::string tokenizers;  // empty: made here
+};
 
-  --output DIR          folder to write (created; files of the same names are replaced) (required)
-  --shape NAME          flux-tiny (seconds on a CPU) or flux-dev (FLUX.1-dev's shape, 12B transformer
-                        parameters: ~33 GB in bfloat16) (default flux-tiny)
-  --dtype TYPE          float32, bfloat16 or float16 (default float32 for flux-tiny, bfloat16 for flux-dev)
-  --seed N              seed of the random weights (default 0)
-  --tokenizers DIR      copy tokenizer/ and tokenizer_2/ from this pipeline folder (e.g. FLUX.1-dev's);
-                        default: a small byte-level CLIP vocabulary and a small T5 vocabulary made here
-  --help                this text
-)";
-
-[[noreturn]] void fail(const std::string& message) {
-  std::cerr << "make_random_pipeline: " << message << "\n";
-  std::exit(2);
+Arguments parse(int argc, char** argv) {
+  Arguments a;
+  CLI::App app(
+      "Writes a pipeline folder in diffusers' format (model_index.json, configs, safetensors, tokenizers)\n"
+      "with random weights, at a named shape.",
+      "make_random_pipeline");
+  cli::init(app, "make_random_pipeline --output DIR [options]");
+  cli::add_text(app, "--output", a.output, "DIR", "folder to write (created; files of the same names are replaced)")
+      ->required();
+  cli::add_choice(app, "--shape", a.options.shape, diffuse::flux_shape_names(),
+                  "flux-tiny (seconds on a CPU) or flux-dev (FLUX.1-dev's shape, 12B transformer\n"
+                  "parameters: ~33 GB in bfloat16)");
+  cli::add_choice(app, "--dtype", a.dtype, cli::dtype_names(),
+                  "weights (default: float32 for flux-tiny, bfloat16 for flux-dev)");
+  cli::add_uint64(app, "--seed", a.options.seed, "seed of the random weights");
+  cli::add_text(app, "--tokenizers", a.tokenizers, "DIR",
+                "copy tokenizer/ and tokenizer_2/ from this pipeline folder (e.g. FLUX.1-dev's);\n"
+                "default: a small byte-level CLIP vocabulary and a small T5 vocabulary made here");
+  cli::parse(app, argc, argv);
+  if (!a.tokenizers.empty()) a.options.tokenizers_from = a.tokenizers;
+  return a;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  diffuse::RandomPipelineOptions options;
-  std::string output, dtype;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) fail(flag + " needs a value");
-      return argv[++i];
-    };
-    if (flag == "--help" || flag == "-h") {
-      std::cout << kHelp;
-      return 0;
-    } else if (flag == "--output") output = value();
-    else if (flag == "--shape") options.shape = value();
-    else if (flag == "--dtype") dtype = value();
-    else if (flag == "--seed") {
-      const std::string text = value();
-      char* end = nullptr;
-      options.seed = std::strtoull(text.c_str(), &end, 10);
-      if (text.empty() || *end != '\0') fail("--seed expects a non-negative integer, got '" + text + "'");
-    } else if (flag == "--tokenizers") options.tokenizers_from = value();
-    else fail("unknown option '" + flag + "' (see --help)");
-  }
-  if (output.empty()) fail("--output DIR is required (see --help)");
+  Arguments args = parse(argc, argv);
+  diffuse::RandomPipelineOptions& options = args.options;
+  const std::string& output = args.output;
+  const std::string& dtype = args.dtype;
   try {
     options.dtype = !dtype.empty() ? diffuse::parse_dtype(dtype)
                                    : (options.shape == "flux-dev" ? at::kBFloat16 : at::kFloat);

@@ -11,51 +11,49 @@
 #include <iostream>
 #include <string>
 
+#include "cli/options.hpp"
 #include "diffuse/diffuse.hpp"
 
 namespace {
 
-[[noreturn]] void fail(const std::string& message) {
-  std::cerr << "model_sharding: " << message << "\n";
-  std::exit(2);
+namespace cli = diffuse::cli;
+using cli::Gen;
+
+struct Arguments {
+  cli::ModelOptions model;
+  cli::GenerationOptions generation{.height = 1024, .width = 1024, .seed = 0};  // the VAE stage needs the size
+  std::string output = "sharded.png";
+};
+
+Arguments parse(int argc, char** argv) {
+  Arguments a;
+  CLI::App app(
+      "Runs FLUX.1 in three stages, each with only its own components in memory:\n"
+      "text encoders, then the transformer, then the VAE.",
+      "model_sharding");
+  cli::init(app, "model_sharding --model DIR --prompt TEXT [options]");
+  cli::add_model_options(app, a.model);
+  cli::add_generation_options(app, a.generation,
+                              {Gen::Prompt, Gen::Size, Gen::Steps, Gen::Guidance, Gen::Seed, Gen::MaxSequenceLength});
+  app.get_option("--prompt")->description("the prompt (one)")->required();
+  cli::add_text(app, "--output", a.output, "FILE", "the PNG to write");
+  cli::parse(app, argc, argv);
+  if (a.generation.prompts.size() > 1)
+    cli::usage_error(app, "one --prompt only (got " + std::to_string(a.generation.prompts.size()) + ")");
+  return a;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, prompt, output = "sharded.png", dtype = "float32", device = "cpu";
-  int64_t height = 1024, width = 1024, steps = 28, max_sequence_length = 512;
-  uint64_t seed = 0;
-  double guidance = 3.5;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) fail(flag + " needs a value");
-      return argv[++i];
-    };
-    if (flag == "--help" || flag == "-h") {
-      std::cout << "usage: model_sharding --model DIR --prompt TEXT [--height N] [--width N] [--steps N]\n"
-                   "       [--guidance X] [--seed N] [--max-sequence-length N] [--dtype T] [--device D] [--output FILE]\n\n"
-                   "Runs FLUX.1 in three stages, each with only its own components in memory:\n"
-                   "text encoders, then the transformer, then the VAE.\n";
-      return 0;
-    } else if (flag == "--model") model = value();
-    else if (flag == "--prompt") prompt = value();
-    else if (flag == "--height") height = std::atoll(value().c_str());
-    else if (flag == "--width") width = std::atoll(value().c_str());
-    else if (flag == "--steps") steps = std::atoll(value().c_str());
-    else if (flag == "--guidance") guidance = std::atof(value().c_str());
-    else if (flag == "--seed") seed = std::strtoull(value().c_str(), nullptr, 10);
-    else if (flag == "--max-sequence-length") max_sequence_length = std::atoll(value().c_str());
-    else if (flag == "--dtype") dtype = value();
-    else if (flag == "--device") device = value();
-    else if (flag == "--output") output = value();
-    else fail("unknown option '" + flag + "' (see --help)");
-  }
-  if (model.empty() || prompt.empty()) fail("--model and --prompt are required (see --help)");
-
+  const Arguments args = parse(argc, argv);
+  const cli::GenerationOptions& generation = args.generation;
+  const int64_t height = *generation.height, width = *generation.width;
+  const std::string& output = args.output;
   try {
-    const diffuse::FluxPipelineOptions base{.dtype = diffuse::parse_dtype(dtype), .device = device};
+    const diffuse::FluxPipelineOptions base{.dtype = diffuse::parse_dtype(args.model.dtype),
+                                            .device = args.model.device};
+    const std::string& model = args.model.model;
     const std::vector<std::string> text_parts = {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"};
 
     // 1. Text encoders only.
@@ -64,7 +62,8 @@ int main(int argc, char** argv) {
       auto options = base;
       options.skip = {"transformer", "vae"};
       auto encoder = diffuse::FluxPipeline::from_pretrained(model, options);
-      embeddings = encoder.encode_prompt({.prompt = prompt, .max_sequence_length = max_sequence_length});
+      embeddings = encoder.encode_prompt({.prompt = generation.prompts,
+                                          .max_sequence_length = generation.max_sequence_length});
       std::cout << "1. encoded: prompt_embeds " << embeddings.prompt_embeds.sizes() << ", pooled "
                 << embeddings.pooled_prompt_embeds.sizes() << "; text encoders freed\n";
     }  // the text encoders are freed here
@@ -76,14 +75,12 @@ int main(int argc, char** argv) {
       options.skip = text_parts;
       options.skip.push_back("vae");
       auto denoiser = diffuse::FluxPipeline::from_pretrained(model, options);
-      auto out = denoiser.generate({.prompt_embeds = embeddings.prompt_embeds,
-                                    .pooled_prompt_embeds = embeddings.pooled_prompt_embeds,
-                                    .height = height,
-                                    .width = width,
-                                    .num_inference_steps = steps,
-                                    .guidance_scale = guidance,
-                                    .seed = seed,
-                                    .output_type = diffuse::OutputType::Latent});
+      diffuse::GenerateRequest request = generation.request();
+      request.prompt = {};
+      request.prompt_embeds = embeddings.prompt_embeds;
+      request.pooled_prompt_embeds = embeddings.pooled_prompt_embeds;
+      request.output_type = diffuse::OutputType::Latent;
+      auto out = denoiser.generate(request);
       latents = out.latents;
       std::cout << "2. denoised: latents " << latents.sizes() << " in " << out.times.denoise_seconds
                 << " s; transformer freed\n";

@@ -26,10 +26,11 @@ std::string quoted(const std::string& text) {
   return out + "'";
 }
 
-ProgramRun run(const std::string& program, const std::vector<std::string>& args) {
+// `stderr_only`: the output is what the program wrote to stderr; its stdout is dropped.
+ProgramRun run(const std::string& program, const std::vector<std::string>& args, bool stderr_only = false) {
   std::string command = quoted((fs::path(DIFFUSE_EXAMPLES_BINARY_DIR) / program).string());
   for (const auto& arg : args) command += " " + quoted(arg);
-  command += " 2>&1";
+  command += stderr_only ? " 2>&1 >/dev/null" : " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   std::string output;
   std::array<char, 4096> buffer{};
@@ -98,7 +99,7 @@ TEST(GenerateProgram, BadInputExitsNonZeroWithOneLine) {
       {{"--model", model}, "--prompt TEXT is required"},
       {{"--prompt", "x"}, "--model DIR is required"},
       {{"--model", model, "--prompt", "x", "--steps", "many"}, "--steps expects an integer"},
-      {{"--model", model, "--prompt", "x", "--dtype", "int3"}, "unknown dtype 'int3'"},
+      {{"--model", model, "--prompt", "x", "--dtype", "int3"}, "--dtype expects float32, bfloat16 or float16, got 'int3'"},
       {{"--model", (dir / "nowhere").string(), "--prompt", "x"}, "no model_index.json"},
       {{"--model", model, "--prompt", "x", "--output", (dir / "no" / "x.png").string()}, "does not exist"},
       {{"--model", model, "--prompt", "x", "--latents", (dir / "absent.safetensors").string()}, "absent.safetensors"},
@@ -139,4 +140,125 @@ TEST(Programs, InspectAndMakeRandomPipelineAndModelSharding) {
 
   EXPECT_NE(run("make_random_pipeline", {"--shape", "flux-huge", "--output", (dir / "x").string()}).exit_code, 0);
   EXPECT_NE(run("inspect", {(dir / "nowhere").string()}).exit_code, 0);
+}
+
+// ---- the shared argument layer (examples/cli) -------------------------------------------------------
+
+// Every C++ program refuses a malformed number, a number out of range and an unknown choice before
+// any work: exit code 2 and one line on stderr, "PROGRAM: --OPTION expects ..., got 'TEXT' (see --help)".
+// The model folder does not exist: the arguments are refused before anything reads it.
+TEST(Programs, RefuseMalformedNumbersAndUnknownChoicesWithOneLine) {
+  const fs::path dir = test::temporary_folder("programs_usage");
+  const std::string model = (dir / "no-model").string();
+  const std::vector<std::string> generate = {"--model", model, "--prompt", "x"};
+  auto with = [](std::vector<std::string> base, std::vector<std::string> more) {
+    base.insert(base.end(), more.begin(), more.end());
+    return base;
+  };
+  struct Case {
+    std::string program;
+    std::vector<std::string> args;
+    std::string expected;  // the option and the text it was given
+  };
+  const std::vector<Case> cases = {
+      {"generate", with(generate, {"--steps", "3x"}), "--steps expects an integer of at least 1, got '3x'"},
+      {"generate", with(generate, {"--steps", "0x10"}), "--steps expects an integer of at least 1, got '0x10'"},
+      {"generate", with(generate, {"--steps", "0"}), "--steps expects an integer of at least 1, got '0'"},
+      {"generate", with(generate, {"--guidance", "3.5x"}), "--guidance expects a non-negative number, got '3.5x'"},
+      {"generate", with(generate, {"--guidance", "nan"}), "--guidance expects a non-negative number, got 'nan'"},
+      {"generate", with(generate, {"--height", "-5"}), "--height expects a non-negative integer, got '-5'"},
+      {"generate", with(generate, {"--width", "12.5"}), "--width expects a non-negative integer, got '12.5'"},
+      {"generate", with(generate, {"--seed", "-1"}), "--seed expects a non-negative integer, got '-1'"},
+      {"generate", with(generate, {"--num-images-per-prompt", "0"}), "--num-images-per-prompt expects an integer"},
+      {"generate", with(generate, {"--max-sequence-length", ""}), "--max-sequence-length expects an integer"},
+      {"generate", with(generate, {"--dtype", "float64"}), "--dtype expects float32, bfloat16 or float16, got 'float64'"},
+      {"generate", with(generate, {"--device", "tpu"}), "--device expects cpu, cuda or cuda:N, got 'tpu'"},
+      {"generate", with(generate, {"--device", "cuda:x"}), "--device expects cpu, cuda or cuda:N, got 'cuda:x'"},
+      {"generate", with(generate, {"--output-type", "gif"}), "--output-type expects image or latent, got 'gif'"},
+      {"generate", with(generate, {"--steps"}), "--steps needs a value"},
+      {"data_parallel", with(generate, {"--steps", "3x"}), "--steps expects an integer"},
+      {"data_parallel", with(generate, {"--guidance", "3.5x"}), "--guidance expects a non-negative number"},
+      {"data_parallel", with(generate, {"--dtype", "float64"}), "--dtype expects float32, bfloat16 or float16"},
+      {"data_parallel", with(generate, {"--device", "tpu"}), "--device expects cpu, cuda or cuda:N"},
+      {"context_parallel", with(generate, {"--guidance", "3.5x"}), "--guidance expects a non-negative number, got '3.5x'"},
+      {"context_parallel", with(generate, {"--ring-degree", "0"}), "--ring-degree expects an integer of at least 1"},
+      {"context_parallel", with(generate, {"--ulysses-degree", "two"}), "--ulysses-degree expects an integer"},
+      {"context_parallel", with(generate, {"--attention-backend", "fast"}), "--attention-backend: unknown attention backend 'fast'"},
+      {"context_parallel", with(generate, {"--dtype", "float64"}), "--dtype expects float32, bfloat16 or float16"},
+      {"model_sharding", with(generate, {"--height", "-5"}), "--height expects a non-negative integer, got '-5'"},
+      {"model_sharding", with(generate, {"--seed", "1e3"}), "--seed expects a non-negative integer, got '1e3'"},
+      {"model_sharding", with(generate, {"--device", "tpu"}), "--device expects cpu, cuda or cuda:N"},
+      {"device_map", {"--model", model, "--steps", "3x"}, "--steps expects an integer"},
+      {"device_map", {"--model", model, "--tolerance", "abc"}, "--tolerance expects a non-negative number, got 'abc'"},
+      {"device_map", {"--model", model, "--max-memory", "cuda:0"}, "--max-memory expects DEVICE=SIZE"},
+      {"device_map", {"--model", model, "--max-memory", "cpu=16XB"}, "--max-memory: "},
+      {"device_map", {"--model", model, "--activation-memory", "lots"}, "--activation-memory: "},
+      {"device_map", {"--model", model, "--dtype", "float64"}, "--dtype expects float32, bfloat16 or float16"},
+      {"make_random_pipeline", {"--output", (dir / "x").string(), "--seed", "-1"}, "--seed expects a non-negative integer"},
+      {"make_random_pipeline", {"--output", (dir / "x").string(), "--shape", "flux-huge"}, "--shape expects flux-tiny or flux-dev, got 'flux-huge'"},
+      {"make_random_pipeline", {"--output", (dir / "x").string(), "--dtype", "float64"}, "--dtype expects float32, bfloat16 or float16"},
+      {"inspect", {model, "--jsn"}, "unknown option '--jsn'"},
+      {"inspect", {}, "FOLDER is required"},
+      {"diffuse-launch", {"--nproc-per-node", "1", "--grace", "abc", "true"}, "--grace expects a non-negative number, got 'abc'"},
+      {"diffuse-launch", {"--nproc-per-node", "0", "true"}, "--nproc-per-node expects an integer from 1 to 1024, got '0'"},
+      {"diffuse-launch", {"--nproc-per-node", "1", "--master-port", "70000", "true"}, "--master-port expects an integer from 0 to 65535"},
+      {"diffuse-launch", {"--nproc-per-node", "1", "--bogus", "true"}, "unknown option '--bogus'"},
+      {"diffuse-launch", {"--nproc-per-node", "1"}, "no program to start"},
+  };
+  for (const Case& c : cases) {
+    const ProgramRun result = run(c.program, c.args, /*stderr_only=*/true);
+    EXPECT_EQ(result.exit_code, 2) << c.program << ": " << result.output;
+    EXPECT_EQ(result.output.rfind(c.program + ": ", 0), 0u) << result.output;
+    EXPECT_NE(result.output.find(c.expected), std::string::npos) << c.program << ": " << c.expected << "\n" << result.output;
+    EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1) << result.output;
+  }
+  EXPECT_TRUE(fs::is_empty(dir));
+}
+
+// --help exits 0 and teaches: the usage line, then every option with what it means and its default.
+TEST(Programs, HelpListsEveryOptionWithItsDefault) {
+  const std::vector<std::pair<std::string, std::vector<std::string>>> programs = {
+      {"generate", {"--model DIR", "--prompt TEXT", "--prompt-2 TEXT", "--height N", "--width N", "--round-size",
+                    "--steps N", "--guidance X", "--seed N", "--max-sequence-length N", "--num-images-per-prompt N",
+                    "--output-type image|latent", "--output FILE", "--latents FILE", "--save-tensors FILE",
+                    "--dtype float32|bfloat16|float16", "--device cpu|cuda|cuda:N", "--quiet", "--help",
+                    "(default 28)", "(default 3.5)", "(default out.png)", "(default: random)"}},
+      {"data_parallel", {"--model DIR", "--prompt TEXT", "--prompts-file FILE", "--height N", "--width N",
+                         "--round-size", "--steps N", "--guidance X", "--seed N", "--max-sequence-length N",
+                         "--num-images-per-prompt N", "--output-dir DIR", "--dtype", "--device", "--quiet",
+                         "cuda:LOCAL_RANK", "DIFFUSE_DIST_TIMEOUT"}},
+      {"context_parallel", {"--model DIR", "--prompt TEXT", "--ring-degree N", "--ulysses-degree N",
+                            "--attention-backend auto|", "--height N", "--width N", "--steps N", "--guidance X",
+                            "--seed N", "--max-sequence-length N", "--output FILE", "--dtype", "--device", "--quiet",
+                            "(default context_parallel.png)"}},
+      {"model_sharding", {"--model DIR", "--prompt TEXT", "--height N", "--width N", "--steps N", "--guidance X",
+                          "--seed N", "--max-sequence-length N", "--dtype", "--device", "--output FILE",
+                          "(default 1024)", "(default sharded.png)"}},
+      {"device_map", {"--model DIR", "--max-memory", "--dtype", "--height N", "--width N", "--steps N", "--seed N",
+                      "--prompt TEXT", "--activation-memory", "--tolerance X", "--skip-offload", "(default 512)",
+                      "(default 4)"}},
+      {"make_random_pipeline", {"--output DIR", "--shape flux-tiny|flux-dev", "--dtype", "--seed N",
+                                "--tokenizers DIR", "(default flux-tiny)"}},
+      {"inspect", {"FOLDER", "--json"}},
+      {"diffuse-launch", {"--nproc-per-node", "--master-addr", "--master-port", "--grace SECONDS", "--no-prefix",
+                          "PROGRAM [ARGS...]", "(default 5)"}},
+  };
+  for (const auto& [program, expected] : programs) {
+    const ProgramRun help = run(program, {"--help"});
+    EXPECT_EQ(help.exit_code, 0) << program << "\n" << help.output;
+    EXPECT_EQ(help.output.rfind("usage: " + program, 0), 0u) << help.output;
+    for (const std::string& text : expected) EXPECT_NE(help.output.find(text), std::string::npos) << program << ": " << text;
+  }
+}
+
+// diffuse-launch reads its own options up to PROGRAM; the rest is PROGRAM's, untouched, even where it
+// looks like the launcher's options or is malformed for them.
+TEST(Programs, LauncherPassesTheProgramsArgumentsThrough) {
+  const ProgramRun result = run("diffuse-launch", {"--nproc-per-node", "1", "--no-prefix", "--grace", "1", "/bin/echo",
+                                                   "--grace", "abc", "--steps", "3x", "--", "-h", "a b"});
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_EQ(result.output, "--grace abc --steps 3x -- -h a b\n");
+  const ProgramRun marked = run("diffuse-launch", {"--nproc_per_node=1", "--no-prefix", "--", "/bin/echo", "--help"});
+  EXPECT_EQ(marked.exit_code, 0) << marked.output;
+  EXPECT_EQ(marked.output, "--help\n");
 }

@@ -1,0 +1,148 @@
+#include "cli/options.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+#include "diffuse/error.hpp"
+#include "diffuse/models/attention_backend.hpp"
+
+namespace diffuse::cli {
+namespace {
+
+// "cpu", "cuda", "cuda:N": the devices the programs can run on.
+bool is_device_name(const std::string& text) {
+  if (text == "cpu" || text == "cuda") return true;
+  if (text.rfind("cuda:", 0) != 0 || text.size() == 5) return false;
+  return std::all_of(text.begin() + 5, text.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
+}
+
+bool wanted(const std::vector<Gen>& which, Gen option) {
+  return std::find(which.begin(), which.end(), option) != which.end();
+}
+
+// What happens when an optional is not given, for --help; nothing when the program set a default
+// (then --help shows that value).
+std::string unless_set(bool set, const std::string& text) { return set ? "" : " (default: " + text + ")"; }
+
+}  // namespace
+
+std::vector<std::string> dtype_names() { return {"float32", "bfloat16", "float16"}; }
+
+CLI::Option* add_model_option(CLI::App& app, std::string& model) {
+  return add_text(app, "--model", model, "DIR", "pipeline folder in diffusers' format (model_index.json and its\n"
+                                               "component folders)")
+      ->required()
+      ->group("Model");
+}
+
+CLI::Option* add_dtype_option(CLI::App& app, std::string& dtype) {
+  return add_choice(app, "--dtype", dtype, dtype_names(), "weights and compute")->group("Model");
+}
+
+CLI::Option* add_device_option(CLI::App& app, std::string& device) {
+  const std::string help = device.empty()
+                               ? "where this process runs\n(default: cuda:LOCAL_RANK when there is a GPU, else cpu)"
+                               : "where the models run";
+  return add_text(app, "--device", device, "cpu|cuda|cuda:N", help,
+                  [](const std::string& text) {
+                    if (!is_device_name(text))
+                      throw invalid_value("--device expects cpu, cuda or cuda:N, got '" + text + "'");
+                  })
+      ->group("Model");
+}
+
+void add_model_options(CLI::App& app, ModelOptions& options) {
+  add_model_option(app, options.model);
+  add_dtype_option(app, options.dtype);
+  add_device_option(app, options.device);
+}
+
+CLI::Option* add_quiet_option(CLI::App& app, bool& quiet) {
+  return add_flag(app, "--quiet", quiet, "no progress bar or timings");
+}
+
+void add_generation_options(CLI::App& app, GenerationOptions& options, const std::vector<Gen>& which) {
+  const std::string group = app.option_defaults()->get_group();
+  app.option_defaults()->group("Generation");  // for the options added here
+  if (wanted(which, Gen::Prompt)) {
+    add_text_list(app, "--prompt", options.prompts, "TEXT", "the prompt; repeat for a batch");
+  }
+  if (wanted(which, Gen::Prompt2)) {
+    add_text_list(app, "--prompt-2", options.prompts_2, "TEXT",
+                  "the prompt for the second text encoder (T5); repeat as --prompt\n(default: the same prompts)");
+  }
+  if (wanted(which, Gen::Size)) {
+    const std::string model_size = "the model's, 1024 for FLUX.1";
+    add_int(app, "--height", options.height,
+            "image height, a multiple of 16" + unless_set(options.height.has_value(), model_size),
+            {.min = 0});
+    add_int(app, "--width", options.width,
+            "image width, a multiple of 16" + unless_set(options.width.has_value(), model_size), {.min = 0});
+  }
+  if (wanted(which, Gen::RoundSize)) {
+    add_flag(app, "--round-size", options.round_size, "round a size that is not a multiple of 16 down, as diffusers does");
+  }
+  if (wanted(which, Gen::Steps)) {
+    add_int(app, "--steps", options.steps, "denoising steps", {.min = 1});
+  }
+  if (wanted(which, Gen::Guidance)) {
+    add_float(app, "--guidance", options.guidance, "guidance scale", {.min = 0});
+  }
+  if (wanted(which, Gen::Seed)) {
+    add_uint64(app, "--seed", options.seed,
+               "seed of the CPU generator for the initial noise" + unless_set(options.seed.has_value(), "random"));
+  }
+  if (wanted(which, Gen::MaxSequenceLength)) {
+    // The pipeline checks the upper bound, which is the text encoder's.
+    add_int(app, "--max-sequence-length", options.max_sequence_length, "T5 tokens, at most 512", {.min = 1});
+  }
+  if (wanted(which, Gen::ImagesPerPrompt)) {
+    add_int(app, "--num-images-per-prompt", options.num_images_per_prompt, "images for each prompt", {.min = 1});
+  }
+  if (wanted(which, Gen::OutputType)) {
+    add_choice(app, "--output-type", options.output_type, {"image", "latent"},
+               "what to make: images, or the final latents only (the VAE does not run)");
+  }
+  if (wanted(which, Gen::Latents)) {
+    add_text(app, "--latents", options.latents_file, "FILE",
+             "initial latents: a safetensors file with a float32 tensor named \"latents\",\n"
+             "packed [batch, tokens, channels * 4] as diffusers packs them\n(default: drawn from the seed)");
+  }
+  if (wanted(which, Gen::SaveTensors)) {
+    add_text(app, "--save-tensors", options.save_tensors, "FILE",
+             "also write float32 \"latents\" (final, packed) and, unless the output type\n"
+             "is latent, \"image\" [batch, 3, H, W] in [0, 1] to this safetensors file");
+  }
+  if (wanted(which, Gen::AttentionBackend)) {
+    std::string names;
+    for (const std::string& name : diffuse::attention_backend_names()) names += (names.empty() ? "" : "|") + name;
+    // Checked by the library's parser, which also takes diffusers' names ("_native_flash", ...).
+    add_text(app, "--attention-backend", options.attention_backend, names, "the attention kernels",
+             [](const std::string& text) {
+               try {
+                 diffuse::parse_attention_backend(text);
+               } catch (const diffuse::Error& e) {
+                 throw invalid_value("--attention-backend: " + std::string(e.what()));
+               }
+             });
+  }
+  app.option_defaults()->group(group);
+}
+
+diffuse::GenerateRequest GenerationOptions::request() const {
+  diffuse::GenerateRequest request;
+  request.prompt = prompts;
+  request.prompt_2 = prompts_2;
+  request.height = height;
+  request.width = width;
+  request.round_size = round_size;
+  request.num_inference_steps = steps;
+  request.guidance_scale = guidance;
+  request.seed = seed;
+  request.max_sequence_length = max_sequence_length;
+  request.num_images_per_prompt = num_images_per_prompt;
+  request.output_type = diffuse::parse_output_type(output_type);
+  return request;
+}
+
+}  // namespace diffuse::cli
