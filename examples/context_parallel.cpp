@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
                 << (options.parallel_config ? options.parallel_config->describe() : std::string("alone")) << ", load "
                 << load_seconds << " s, encode " << out.times.encode_seconds << " s, denoise "
                 << out.times.denoise_seconds << " s ("
-                << 1000 * out.times.denoise_seconds / static_cast<double>(generation.steps) << " ms/step), decode "
+                << 1000 * out.times.denoise_seconds / static_cast<double>(generation.steps.value_or(28)) << " ms/step), decode "
                 << out.times.decode_seconds << " s\n";
       if (!out.images.empty()) std::cerr << "wrote " << args.output << "\n";
     }

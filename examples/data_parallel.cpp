@@ -45,7 +45,7 @@ Arguments parse(int argc, char** argv) {
   cli::init(app, "data_parallel --model DIR (--prompt TEXT ... | --prompts-file FILE) [options]");
   cli::add_model_options(app, a.model);
   cli::add_generation_options(app, a.generation,
-                              {Gen::Prompt, Gen::Size, Gen::RoundSize, Gen::Steps, Gen::Guidance, Gen::Seed,
+                              {Gen::Prompt, Gen::NegativePrompt, Gen::Scheduler, Gen::Size, Gen::RoundSize, Gen::Steps, Gen::Guidance, Gen::Seed,
                                Gen::MaxSequenceLength, Gen::ImagesPerPrompt});
   app.get_option("--prompt")->description("a prompt; repeat for more");
   app.get_option("--seed")->description("prompt G gets the CPU generator seed N + G (default: random)");
@@ -93,10 +93,12 @@ int main(int argc, char** argv) {
     double load_seconds = 0, generate_seconds = 0;
     if (!mine.empty()) {
       const auto load_start = std::chrono::steady_clock::now();
-      diffuse::FluxPipelineOptions options;
+      diffuse::PipelineOptions options;
       options.dtype = diffuse::parse_dtype(args.model.dtype);
       options.device = dist.device().str();
-      diffuse::FluxPipeline pipe = diffuse::FluxPipeline::from_pretrained(args.model.model, options);
+      // Any family (FLUX.1, SD 1.5), from model_index.json's _class_name.
+      std::unique_ptr<diffuse::DiffusionPipeline> pipe = diffuse::load_pipeline(args.model.model, options);
+      if (!generation.scheduler.empty()) pipe->set_scheduler(generation.scheduler);
       load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
       int64_t image_index = 0;
@@ -104,10 +106,13 @@ int main(int argc, char** argv) {
         const int64_t g = mine[i];
         diffuse::GenerateRequest request = generation.request();
         request.prompt = generation.prompts[static_cast<size_t>(g)];
+        // One negative prompt for all, or one per prompt (the g-th goes with the g-th prompt).
+        if (generation.negative_prompts.size() > 1 && generation.negative_prompts.size() == generation.prompts.size())
+          request.negative_prompt = generation.negative_prompts[static_cast<size_t>(g)];
         // The global index, not the local one: the same prompt gets the same noise in any world.
         if (generation.seed) request.seed = *generation.seed + static_cast<uint64_t>(g);
         if (args.quiet) request.progress = false;
-        const diffuse::GenerateOutput out = pipe.generate(request);
+        const diffuse::GenerateOutput out = pipe->generate(request);
         generate_seconds += out.times.total_seconds;
         for (size_t k = 0; k < out.images.size(); ++k) {
           std::ostringstream name;

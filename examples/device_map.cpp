@@ -252,11 +252,10 @@ int main(int argc, char** argv) {
           load_flux_transformer(dir / "transformer", {.dtype = dtype, .device_map = "auto", .max_memory = max_memory,
                                                       .activation_memory = activation_memory});
       std::cout << "  transformer, device_map \"auto\": " << transformer->device_map() << "\n";
-      FluxComponents given;
-      given.transformer = transformer;
       std::vector<std::string> skip = text_parts;
       skip.push_back("vae");
-      auto denoiser = FluxPipeline::from_pretrained(dir, {.dtype = dtype, .skip = skip, .components = given});
+      auto denoiser =
+          FluxPipeline::from_pretrained(dir, {.dtype = dtype, .skip = skip, .components = {{"transformer", transformer}}});
       GenerateRequest staged = request;
       staged.prompt_embeds = embeddings.prompt_embeds;
       staged.pooled_prompt_embeds = embeddings.pooled_prompt_embeds;

@@ -1,4 +1,5 @@
-// generate: prompt in, PNG out, with a FLUX.1 pipeline folder in diffusers' format.
+// generate: prompt in, PNG out, with any pipeline folder in diffusers' format that diffuse supports
+// (FLUX.1, Stable Diffusion 1.x/2.x): the family comes from model_index.json's _class_name.
 //
 //   generate --model DIR --prompt "a cat" [--prompt "a dog" ...] --output cat.png
 //
@@ -9,6 +10,7 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -24,23 +26,55 @@ struct Arguments {
   cli::ModelOptions model;
   cli::GenerationOptions generation;
   std::string output = "out.png";
+  std::string device_map;  // "" or "balanced"
+  std::string max_memory;  // DEVICE=SIZE,...
+  std::string offload;     // "", "model" or "sequential"
+  int64_t repeats = 1;
   bool quiet = false;
 };
+
+// "cuda:0=16GB,cpu=64GB" -> {{"cuda:0", "16GB"}, {"cpu", "64GB"}}; the sizes are checked when planning.
+diffuse::MaxMemory parse_budgets(const std::string& text) {
+  diffuse::MaxMemory out;
+  std::stringstream items(text);
+  std::string item;
+  while (std::getline(items, item, ',')) {
+    const auto equals = item.find('=');
+    if (equals == std::string::npos || equals == 0)
+      throw cli::invalid_value("--max-memory expects DEVICE=SIZE[,DEVICE=SIZE...], got '" + item + "'");
+    out[item.substr(0, equals)] = item.substr(equals + 1);
+  }
+  return out;
+}
 
 Arguments parse(int argc, char** argv) {
   Arguments a;
   CLI::App app(
-      "Generates images with a FLUX.1 pipeline folder in diffusers' format (model_index.json and its\n"
-      "component folders), the same images diffusers' FluxPipeline makes for the same arguments and seed.",
+      "Generates images with a pipeline folder in diffusers' format (model_index.json and its component\n"
+      "folders): FluxPipeline or StableDiffusionPipeline, picked by model_index.json's _class_name. The\n"
+      "images are the ones diffusers makes for the same arguments and seed.",
       "generate");
   cli::init(app, "generate --model DIR --prompt TEXT [options]");
   cli::add_model_options(app, a.model);
   cli::add_generation_options(app, a.generation,
-                              {Gen::Prompt, Gen::Prompt2, Gen::Size, Gen::RoundSize, Gen::Steps, Gen::Guidance,
+                              {Gen::Prompt, Gen::Prompt2, Gen::NegativePrompt, Gen::Scheduler, Gen::Size, Gen::RoundSize, Gen::Steps, Gen::Guidance,
                                Gen::Seed, Gen::MaxSequenceLength, Gen::ImagesPerPrompt, Gen::OutputType,
                                Gen::Latents, Gen::SaveTensors});
   app.get_option("--prompt")->required();
   cli::add_text(app, "--output", a.output, "FILE", "PNG path; with several images, FILE's stem gets _0, _1, ...");
+  app.option_defaults()->group("Placement");
+  cli::add_choice(app, "--device-map", a.device_map, {"balanced"},
+                  "spread whole components over the GPUs of --max-memory (diffusers'\n"
+                  "device_map=\"balanced\"); --device is not used then");
+  cli::add_text(app, "--max-memory", a.max_memory, "DEVICE=SIZE,...",
+                "budgets for --device-map, e.g. cuda:0=16GB,cuda:1=16GB (default: what the GPUs have)",
+                [](const std::string& text) { parse_budgets(text); });
+  cli::add_choice(app, "--offload", a.offload, {"model", "sequential"},
+                  "keep weights on the CPU and bring each model (model) or each block\n"
+                  "(sequential) to --device when it runs");
+  app.option_defaults()->group("Options");
+  cli::add_int(app, "--repeats", a.repeats,
+               "make the call N times and report the last one's times (the first warms the GPU up)", {.min = 1});
   cli::add_quiet_option(app, a.quiet);
   cli::parse(app, argc, argv);
   return a;
@@ -77,15 +111,22 @@ int main(int argc, char** argv) {
     }
 
     const auto load_start = std::chrono::steady_clock::now();
-    diffuse::FluxPipelineOptions options;
+    diffuse::PipelineOptions options;
     options.dtype = diffuse::parse_dtype(args.model.dtype);
-    options.device = args.model.device;
+    options.device = args.offload.empty() ? args.model.device : "cpu";
+    options.device_map = args.device_map;
+    if (!args.max_memory.empty()) options.max_memory = parse_budgets(args.max_memory);
     if (request.output_type == diffuse::OutputType::Latent) options.skip = {"vae"};
-    diffuse::FluxPipeline pipe = diffuse::FluxPipeline::from_pretrained(args.model.model, options);
+    std::unique_ptr<diffuse::DiffusionPipeline> pipe = diffuse::load_pipeline(args.model.model, options);
+    if (!pipe->device_map().empty() && !args.quiet) std::cerr << "device_map: " << pipe->device_map() << "\n";
+    if (args.offload == "model") pipe->enable_model_cpu_offload(args.model.device);
+    if (args.offload == "sequential") pipe->enable_sequential_cpu_offload(args.model.device);
+    if (!generation.scheduler.empty()) pipe->set_scheduler(generation.scheduler);
     const double load_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
-    diffuse::GenerateOutput out = pipe.generate(request);
+    diffuse::GenerateOutput out = pipe->generate(request);
+    for (int64_t run = 1; run < args.repeats; ++run) out = pipe->generate(request);
 
     if (!generation.save_tensors.empty() || request.output_type == diffuse::OutputType::Latent) {
       std::vector<std::pair<std::string, at::Tensor>> tensors = {{"latents", out.latents.to(at::kCPU, at::kFloat)}};
@@ -102,7 +143,8 @@ int main(int argc, char** argv) {
     }
     if (!args.quiet)
       std::cerr << "times: load " << load_seconds << " s, encode " << out.times.encode_seconds << " s, denoise "
-                << out.times.denoise_seconds << " s (" << generation.steps << " steps), decode " << out.times.decode_seconds
+                << out.times.denoise_seconds << " s (" << generation.steps.value_or(pipe->info().default_steps)
+                << " steps, " << pipe->info().scheduler << "), decode " << out.times.decode_seconds
                 << " s, total " << out.times.total_seconds << " s\n";
   } catch (const diffuse::Error& e) {
     std::cerr << "generate: " << e.what() << "\n";

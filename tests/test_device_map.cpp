@@ -496,7 +496,7 @@ TEST(DeviceMapApplied, EveryModelRunsUnderHooks) {
   PromptEmbeddings e = pipe.encode_prompt({.prompt = test::reference_request().prompt, .max_sequence_length = 32});
   EXPECT_TENSORS_CLOSE(e.prompt_embeds, reference.load("prompt_embeds"), 1e-4);
   EXPECT_TENSORS_CLOSE(e.pooled_prompt_embeds, reference.load("pooled_prompt_embeds"), 1e-4);
-  EXPECT_TENSORS_CLOSE(components.vae->encode_mean(reference.load("vae_encoder_input")),
+  EXPECT_TENSORS_CLOSE(pipe.vae()->encode_mean(reference.load("vae_encoder_input")),
                        reference.load("vae_encoder_latent_dist_mean"), 1e-4);
 }
 

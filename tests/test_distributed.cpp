@@ -335,3 +335,36 @@ TEST(DataParallel, TwoProcessesMakeTheImagesOfOne) {
   // Different prompts (and seeds) make different images.
   EXPECT_FALSE(Image::load_png(dir / "one/result_0_0.png").pixels == Image::load_png(dir / "one/result_0_1.png").pixels);
 }
+
+TEST(DataParallel, StableDiffusionTwoProcessesGiveEachPromptItsImageAlone) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  REQUIRE_RANKS(2);
+  // The guide's SD data-parallel example: prompts split over two processes, each with its own seed,
+  // with classifier-free guidance and a negative prompt; each image equals generate's for its prompt.
+  const fs::path dir = test::temporary_folder("data_parallel_sd");
+  const std::string model = (*test::fixtures_dir() / "tiny-sd" / "pipeline").string();
+  const std::vector<std::string> prompts = {"a photo of a dog", "a cat on a mat"};
+  const std::vector<std::string> common = {"--model", model, "--negative-prompt", "blurry", "--height", "64",
+                                           "--width", "96", "--steps", "3", "--guidance", "7.5", "--quiet"};
+  ProcessGroup group;
+  std::vector<std::string> two = {example("diffuse-launch").string(), "--nproc-per-node", "2",
+                                  example("data_parallel").string(), "--prompt", prompts[0], "--prompt", prompts[1],
+                                  "--seed", "7", "--output-dir", (dir / "two").string()};
+  two.insert(two.end(), common.begin(), common.end());
+  group.start(two, {{"DIFFUSE_DIST_TIMEOUT", "60"}});
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<std::string> alone = {example("generate").string(), "--prompt", prompts[i], "--seed",
+                                      std::to_string(7 + i), "--output", (dir / ("alone_" + std::to_string(i) + ".png")).string(),
+                                      "--device", on_cuda() ? "cuda:0" : "cpu"};
+    alone.insert(alone.end(), common.begin(), common.end());
+    group.start(alone, {{"OMP_NUM_THREADS", "1"}});
+  }
+  const auto outcomes = group.wait(std::chrono::seconds(120));
+  for (const Outcome& o : outcomes) ASSERT_EQ(o.exit_code, 0) << describe(outcomes);
+  const std::vector<std::pair<std::string, std::string>> same = {{"two/result_0_0.png", "alone_0.png"},
+                                                                 {"two/result_1_0.png", "alone_1.png"}};
+  for (const auto& [a, b] : same) {
+    ASSERT_TRUE(fs::exists(dir / a)) << a << "\n" << describe(outcomes);
+    EXPECT_TRUE(Image::load_png(dir / a).pixels == Image::load_png(dir / b).pixels) << a << " differs from " << b;
+  }
+}

@@ -54,7 +54,55 @@ std::vector<std::string> reference_arguments() {
   return out;
 }
 
+// generate's arguments for tiny-sd's reference call (prompts, negative prompts, guidance), from
+// reference.json.
+std::vector<std::string> sd_reference_arguments() {
+  const fs::path sd = *test::fixtures_dir() / "tiny-sd";
+  const JsonConfig args = JsonConfig::load(sd / "reference.json");
+  std::vector<std::string> out = {"--model", (sd / "pipeline").string()};
+  for (const auto& prompt : args.get_string_list("prompts", {})) out.insert(out.end(), {"--prompt", prompt});
+  for (const auto& prompt : args.get_string_list("negative_prompts", {}))
+    out.insert(out.end(), {"--negative-prompt", prompt});
+  out.insert(out.end(), {"--height", std::to_string(args.get_int("height", 0)),
+                         "--width", std::to_string(args.get_int("width", 0)),
+                         "--steps", std::to_string(args.get_int("num_inference_steps", 0)),
+                         "--guidance", std::to_string(args.get_double("guidance_scale", 0)),
+                         "--seed", std::to_string(args.get_int("seed", 0)), "--quiet"});
+  return out;
+}
+
 }  // namespace
+
+TEST(GenerateProgram, ReproducesStableDiffusionFromTheSeedAndFromLatents) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  const fs::path dir = test::temporary_folder("generate_program_sd");
+  const SafetensorsFile reference(*test::fixtures_dir() / "tiny-sd" / "reference.safetensors");
+  auto args = sd_reference_arguments();
+  args.insert(args.end(), {"--output", (dir / "dog.png").string(), "--save-tensors", (dir / "out.safetensors").string()});
+  ProgramRun result = run("generate", args);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  SafetensorsFile tensors(dir / "out.safetensors");
+  EXPECT_TENSORS_CLOSE(tensors.load("latents"), reference.load("latents_final"), 1e-4);
+  EXPECT_TENSORS_CLOSE(tensors.load("image"), reference.load("pipeline_output_pt"), 1e-4);
+
+  // Given latents, as diffusers' latents= takes them ([B, 4, h, w]), and a swapped scheduler by name.
+  save_safetensors(dir / "init.safetensors", {{"latents", reference.load("latents_init")}});
+  args = sd_reference_arguments();
+  args.insert(args.end(), {"--latents", (dir / "init.safetensors").string(), "--output-type", "latent",
+                           "--save-tensors", (dir / "latents.safetensors").string()});
+  result = run("generate", args);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TENSORS_CLOSE(SafetensorsFile(dir / "latents.safetensors").load("latents"), reference.load("latents_final"),
+                       1e-4);
+  args = sd_reference_arguments();
+  args.insert(args.end(), {"--scheduler", "dpm++2m", "--output-type", "latent", "--output", (dir / "x.png").string()});
+  result = run("generate", args);
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  args.insert(args.end(), {"--scheduler", "no-such"});
+  result = run("generate", args);
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_NE(result.output.find("unknown scheduler 'no-such'"), std::string::npos) << result.output;
+}
 
 TEST(GenerateProgram, ReproducesTheReferenceImageAndTensors) {
   DIFFUSE_REQUIRE_FIXTURES();

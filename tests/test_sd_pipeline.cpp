@@ -11,6 +11,7 @@
 #include "diffuse/io/json_config.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/pipeline_registry.hpp"
+#include "diffuse/pipelines/random_pipeline.hpp"
 #include "diffuse/pipelines/stable_diffusion_pipeline.hpp"
 #include "support/test_support.hpp"
 
@@ -195,4 +196,25 @@ TEST(StableDiffusionPipeline, BadRequestsNameWhatIsWrong) {
   request.prompt_2 = "t5 text";
   EXPECT_ERROR_CONTAINS(pipe.generate(request), "FLUX.1's");
   EXPECT_ERROR_CONTAINS(tiny_pipeline({.skip = {"nothing"}}), "cannot skip 'nothing'");
+}
+
+TEST(StableDiffusionPipeline, RandomSd15TinyFolderLoadsAndRunsWithEveryOffload) {
+  const fs::path dir = test::temporary_folder("random_sd15_tiny");
+  write_random_pipeline(dir, {.shape = "sd15-tiny", .seed = 1});
+  auto pipe = load_pipeline(dir);
+  EXPECT_EQ(pipe->class_name(), "StableDiffusionPipeline");
+  GenerateRequest request{.prompt = "a dog", .negative_prompt = "blurry", .height = 64, .width = 64,
+                          .num_inference_steps = 2, .seed = 5, .output_type = OutputType::Latent, .progress = false};
+  const at::Tensor latents = pipe->generate(request).latents;
+  EXPECT_EQ(latents.sizes(), (std::vector<int64_t>{1, 4, 8, 8}));
+  EXPECT_TRUE(at::isfinite(latents).all().item<bool>());
+  // Both offloads give the single-device latents (on a CPU-only machine the offload device is the CPU).
+  pipe->enable_model_cpu_offload();
+  EXPECT_TRUE(at::equal(pipe->generate(request).latents, latents));
+  pipe->enable_sequential_cpu_offload();
+  EXPECT_TRUE(at::allclose(pipe->generate(request).latents, latents, 1e-5, 1e-6));
+  pipe->remove_all_hooks();
+  // Balanced placement over the devices there are gives the same latents too.
+  auto balanced = load_pipeline(dir, {.device_map = "balanced", .max_memory = {{"cpu", "1GB"}}});
+  EXPECT_TRUE(at::allclose(balanced->generate(request).latents, latents, 1e-5, 1e-6));
 }

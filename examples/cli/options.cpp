@@ -5,6 +5,7 @@
 
 #include "diffuse/error.hpp"
 #include "diffuse/models/attention_backend.hpp"
+#include "diffuse/schedulers/scheduler.hpp"
 
 namespace diffuse::cli {
 namespace {
@@ -71,22 +72,40 @@ void add_generation_options(CLI::App& app, GenerationOptions& options, const std
     add_text_list(app, "--prompt-2", options.prompts_2, "TEXT",
                   "the prompt for the second text encoder (T5); repeat as --prompt\n(default: the same prompts)");
   }
+  if (wanted(which, Gen::NegativePrompt)) {
+    add_text_list(app, "--negative-prompt", options.negative_prompts, "TEXT",
+                  "what the image should not show (SD's classifier-free guidance); one for\n"
+                  "all prompts or one per prompt (default: none)");
+  }
+  if (wanted(which, Gen::Scheduler)) {
+    std::string names;
+    for (const std::string& name : diffuse::scheduler_names()) names += (names.empty() ? "" : ", ") + name;
+    add_text(app, "--scheduler", options.scheduler, "NAME",
+             "the scheduler, by diffusers' class name or an alias (pndm, ddim, euler, euler_a,\n"
+             "dpm++2m, flow_match), made from the folder's scheduler config as diffusers'\n"
+             "X.from_config(pipe.scheduler.config) (default: the folder's)\nclasses: " + names);
+  }
   if (wanted(which, Gen::Size)) {
-    const std::string model_size = "the model's, 1024 for FLUX.1";
+    const std::string model_size = "the family's: 1024 for FLUX.1, 512 for SD 1.5";
     add_int(app, "--height", options.height,
-            "image height, a multiple of 16" + unless_set(options.height.has_value(), model_size),
+            "image height, a multiple of 16 for FLUX.1, 8 for SD" + unless_set(options.height.has_value(), model_size),
             {.min = 0});
     add_int(app, "--width", options.width,
-            "image width, a multiple of 16" + unless_set(options.width.has_value(), model_size), {.min = 0});
+            "image width, as --height" + unless_set(options.width.has_value(), model_size), {.min = 0});
   }
   if (wanted(which, Gen::RoundSize)) {
-    add_flag(app, "--round-size", options.round_size, "round a size that is not a multiple of 16 down, as diffusers does");
+    add_flag(app, "--round-size", options.round_size, "round a size that is not a multiple down, as diffusers does");
   }
   if (wanted(which, Gen::Steps)) {
-    add_int(app, "--steps", options.steps, "denoising steps", {.min = 1});
+    add_int(app, "--steps", options.steps,
+            "denoising steps" + unless_set(options.steps.has_value(), "the family's: 28 for FLUX.1, 50 for SD"),
+            {.min = 1});
   }
   if (wanted(which, Gen::Guidance)) {
-    add_float(app, "--guidance", options.guidance, "guidance scale", {.min = 0});
+    add_float(app, "--guidance", options.guidance,
+              "the family's guidance scale: FLUX.1-dev's distilled guidance, SD's\nclassifier-free guidance (off at 1)" +
+                  unless_set(options.guidance.has_value(), "3.5 for FLUX.1, 7.5 for SD"),
+              {.min = 0});
   }
   if (wanted(which, Gen::Seed)) {
     add_uint64(app, "--seed", options.seed,
@@ -106,11 +125,12 @@ void add_generation_options(CLI::App& app, GenerationOptions& options, const std
   if (wanted(which, Gen::Latents)) {
     add_text(app, "--latents", options.latents_file, "FILE",
              "initial latents: a safetensors file with a float32 tensor named \"latents\",\n"
-             "packed [batch, tokens, channels * 4] as diffusers packs them\n(default: drawn from the seed)");
+             "as diffusers' latents= takes them: packed [batch, tokens, channels * 4] for\n"
+             "FLUX.1, [batch, 4, H/8, W/8] for SD (default: drawn from the seed)");
   }
   if (wanted(which, Gen::SaveTensors)) {
     add_text(app, "--save-tensors", options.save_tensors, "FILE",
-             "also write float32 \"latents\" (final, packed) and, unless the output type\n"
+             "also write float32 \"latents\" (final, as output_type=\"latent\" returns them) and, unless the output type\n"
              "is latent, \"image\" [batch, 3, H, W] in [0, 1] to this safetensors file");
   }
   if (wanted(which, Gen::AttentionBackend)) {
@@ -133,6 +153,7 @@ diffuse::GenerateRequest GenerationOptions::request() const {
   diffuse::GenerateRequest request;
   request.prompt = prompts;
   request.prompt_2 = prompts_2;
+  request.negative_prompt = negative_prompts;
   request.height = height;
   request.width = width;
   request.round_size = round_size;

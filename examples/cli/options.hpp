@@ -55,6 +55,8 @@ CLI::Option* add_quiet_option(CLI::App& app, bool& quiet);
 enum class Gen {
   Prompt,             // --prompt TEXT, repeatable
   Prompt2,            // --prompt-2 TEXT, repeatable
+  NegativePrompt,     // --negative-prompt TEXT, repeatable
+  Scheduler,          // --scheduler NAME
   Size,               // --height N, --width N
   RoundSize,          // --round-size
   Steps,              // --steps N
@@ -75,8 +77,10 @@ struct GenerationOptions {
   std::vector<std::string> prompts_2;    // empty: the same as prompts
   std::optional<int64_t> height, width;  // unset: the model's default size
   bool round_size = false;
-  int64_t steps = 28;
-  double guidance = 3.5;
+  std::vector<std::string> negative_prompts;  // empty: none ("")
+  std::optional<int64_t> steps;    // unset: the family's (28 for FLUX.1, 50 for SD)
+  std::optional<double> guidance;  // unset: the family's (3.5 for FLUX.1, 7.5 for SD)
+  std::string scheduler;           // a scheduler class name or alias; empty: the folder's
   std::optional<uint64_t> seed;  // unset: a random seed
   int64_t max_sequence_length = 512;
   int64_t num_images_per_prompt = 1;

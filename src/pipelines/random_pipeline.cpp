@@ -12,6 +12,8 @@
 #include "diffuse/models/flux_transformer.hpp"
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/t5_encoder.hpp"
+#include "diffuse/models/unet_2d_condition.hpp"
+#include "diffuse/io/json_config.hpp"
 #include "io/atomic_file.hpp"
 #include "log.hpp"
 #include "tokenizers/sentencepiece_model.hpp"
@@ -209,7 +211,101 @@ void copy_folder(const fs::path& from, const fs::path& to) {
   fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
 }
 
+// SD 1.5's UNet config as its published unet/config.json writes it, at a tiny or the real width.
+json sd_unet_config_json(bool tiny) {
+  return {{"_class_name", "UNet2DConditionModel"},
+          {"act_fn", "silu"},
+          {"attention_head_dim", tiny ? 2 : 8},  // diffusers' legacy name: the number of heads
+          {"block_out_channels", tiny ? json{16, 32, 32, 32} : json{320, 640, 1280, 1280}},
+          {"center_input_sample", false},
+          {"cross_attention_dim", tiny ? 32 : 768},
+          {"down_block_types", {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"}},
+          {"downsample_padding", 1},
+          {"flip_sin_to_cos", true},
+          {"freq_shift", 0},
+          {"in_channels", 4},
+          {"layers_per_block", 2},
+          {"mid_block_scale_factor", 1},
+          {"norm_eps", 1e-05},
+          {"norm_num_groups", tiny ? 8 : 32},
+          {"out_channels", 4},
+          {"sample_size", tiny ? 8 : 64},
+          {"up_block_types", {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"}}};
+}
+
+// SD 1.5's scheduler_config.json (PNDM with skip_prk_steps, scaled_linear betas, "leading" spacing).
+json sd_scheduler_config_json() {
+  return {{"_class_name", "PNDMScheduler"},  {"beta_end", 0.012},           {"beta_schedule", "scaled_linear"},
+          {"beta_start", 0.00085},           {"clip_sample", false},        {"num_train_timesteps", 1000},
+          {"prediction_type", "epsilon"},    {"set_alpha_to_one", false},   {"skip_prk_steps", true},
+          {"steps_offset", 1},               {"timestep_spacing", "leading"}, {"trained_betas", nullptr}};
+}
+
+void write_random_sd_pipeline(const fs::path& folder, const RandomPipelineOptions& options) {
+  const bool tiny = options.shape == "sd15-tiny";
+  ClipTextConfig clip;  // CLIP ViT-L/14's text tower, as SD 1.5's text_encoder
+  clip.hidden_size = tiny ? 32 : 768, clip.intermediate_size = tiny ? 37 : 3072, clip.projection_dim = tiny ? 32 : 768;
+  clip.num_hidden_layers = tiny ? 2 : 12, clip.num_attention_heads = tiny ? 4 : 12;
+  AutoencoderKLConfig vae;
+  vae.down_block_types = std::vector<std::string>(4, "DownEncoderBlock2D");
+  vae.up_block_types = std::vector<std::string>(4, "UpDecoderBlock2D");
+  vae.block_out_channels = tiny ? std::vector<int64_t>{8, 16, 16, 16} : std::vector<int64_t>{128, 256, 512, 512};
+  vae.layers_per_block = tiny ? 1 : 2, vae.norm_num_groups = tiny ? 4 : 32, vae.sample_size = tiny ? 64 : 512;
+  vae.scaling_factor = 0.18215;
+  const json unet_json = sd_unet_config_json(tiny);
+
+  fs::create_directories(folder);
+  const at::TensorOptions tensor_options = at::TensorOptions().dtype(options.dtype);
+  if (options.tokenizers_from)
+    copy_folder(*options.tokenizers_from / "tokenizer", folder / "tokenizer");
+  else
+    write_clip_tokenizer(folder / "tokenizer", clip);
+  write_json(folder / "model_index.json", {{"_class_name", "StableDiffusionPipeline"},
+                                           {"_diffusers_version", "0.40.0.dev0"},
+                                           {"feature_extractor", {nullptr, nullptr}},
+                                           {"image_encoder", {nullptr, nullptr}},
+                                           {"requires_safety_checker", false},
+                                           {"safety_checker", {nullptr, nullptr}},
+                                           {"scheduler", {"diffusers", "PNDMScheduler"}},
+                                           {"text_encoder", {"transformers", "CLIPTextModel"}},
+                                           {"tokenizer", {"transformers", "CLIPTokenizer"}},
+                                           {"unet", {"diffusers", "UNet2DConditionModel"}},
+                                           {"vae", {"diffusers", "AutoencoderKL"}}});
+  fs::create_directories(folder / "scheduler");
+  write_json(folder / "scheduler" / "scheduler_config.json", sd_scheduler_config_json());
+
+  DIFFUSE_LOG_INFO("writing {} text_encoder (CLIP)", options.shape);
+  fs::create_directories(folder / "text_encoder");
+  write_json(folder / "text_encoder" / "config.json", clip_config_json(clip));
+  {
+    ClipTextModel model(clip, tensor_options);
+    write_weights(*model, folder / "text_encoder", "model", options, options.seed + 1);
+  }
+  DIFFUSE_LOG_INFO("writing {} unet", options.shape);
+  fs::create_directories(folder / "unet");
+  write_json(folder / "unet" / "config.json", unet_json);
+  {
+    UNet2DConditionModel model(UNet2DConditionConfig::from_json(JsonConfig::wrap(unet_json, "unet/config.json")),
+                               tensor_options);
+    write_weights(*model, folder / "unet", "diffusion_pytorch_model", options, options.seed + 3);
+  }
+  DIFFUSE_LOG_INFO("writing {} vae", options.shape);
+  fs::create_directories(folder / "vae");
+  write_json(folder / "vae" / "config.json", vae_config_json(vae));
+  {
+    AutoencoderKL model(vae, tensor_options);
+    write_weights(*model, folder / "vae", "diffusion_pytorch_model", options, options.seed + 4);
+  }
+}
+
 }  // namespace
+
+std::vector<std::string> random_pipeline_shape_names() { return {"flux-tiny", "flux-dev", "sd15-tiny", "sd15"}; }
+
+void write_random_pipeline(const fs::path& folder, const RandomPipelineOptions& options) {
+  if (options.shape == "sd15" || options.shape == "sd15-tiny") return write_random_sd_pipeline(folder, options);
+  write_random_flux_pipeline(folder, options);
+}
 
 std::vector<std::string> flux_shape_names() { return {"flux-tiny", "flux-dev"}; }
 

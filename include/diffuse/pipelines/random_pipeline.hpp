@@ -1,6 +1,6 @@
 #pragma once
 // Pipeline folders with random weights, in diffusers' format, for tests, demos and benchmarks: the
-// same layout, config keys and tensor names as a published FLUX.1 folder, at a named shape.
+// same layout, config keys and tensor names as a published FLUX.1 or SD 1.5 folder, at a named shape.
 
 #include <c10/core/ScalarType.h>
 
@@ -34,12 +34,19 @@ struct RandomPipelineOptions {
   std::string shape = "flux-tiny";
   c10::ScalarType dtype = c10::kFloat;  // of the stored weights
   uint64_t seed = 0;
-  // A pipeline folder whose tokenizer/ and tokenizer_2/ are copied (e.g. FLUX.1-dev's); without it a
+  // A pipeline folder whose tokenizer/ (and tokenizer_2/ for FLUX.1) are copied; without it a
   // small byte-level CLIP vocabulary and a small SentencePiece model are made here.
   std::optional<std::filesystem::path> tokenizers_from;
   // Components larger than this are written as shards with an index, as diffusers does.
   uint64_t max_shard_bytes = uint64_t{5} << 30;
 };
+
+// Every shape write_random_pipeline knows: flux-tiny, flux-dev, sd15-tiny (the tiny-sd fixture's sizes)
+// and sd15 (Stable Diffusion 1.5's real sizes: an 860M-parameter UNet, CLIP ViT-L/14, the SD VAE).
+std::vector<std::string> random_pipeline_shape_names();
+// Writes the folder of options.shape, FLUX.1 or SD 1.5 (created if needed; existing files of the same
+// names are replaced). A FLUX.1 shape goes to write_random_flux_pipeline.
+void write_random_pipeline(const std::filesystem::path& folder, const RandomPipelineOptions& options = {});
 
 // Writes the folder (created if needed; existing files of the same names are replaced).
 void write_random_flux_pipeline(const std::filesystem::path& folder, const RandomPipelineOptions& options = {});
