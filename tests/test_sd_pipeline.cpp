@@ -205,16 +205,17 @@ TEST(StableDiffusionPipeline, RandomSd15TinyFolderLoadsAndRunsWithEveryOffload) 
   EXPECT_EQ(pipe->class_name(), "StableDiffusionPipeline");
   GenerateRequest request{.prompt = "a dog", .negative_prompt = "blurry", .height = 64, .width = 64,
                           .num_inference_steps = 2, .seed = 5, .output_type = OutputType::Latent, .progress = false};
-  const at::Tensor latents = pipe->generate(request).latents;
+  const at::Tensor latents = pipe->generate(request).latents.cpu();
   EXPECT_EQ(latents.sizes(), (std::vector<int64_t>{1, 4, 8, 8}));
   EXPECT_TRUE(at::isfinite(latents).all().item<bool>());
   // Both offloads give the single-device latents (on a CPU-only machine the offload device is the CPU).
   pipe->enable_model_cpu_offload();
-  EXPECT_TRUE(at::equal(pipe->generate(request).latents, latents));
+  // (With a GPU the offloaded runs compute there: float32 rounding apart.)
+  EXPECT_TENSORS_CLOSE(pipe->generate(request).latents, latents, 1e-4);
   pipe->enable_sequential_cpu_offload();
-  EXPECT_TRUE(at::allclose(pipe->generate(request).latents, latents, 1e-5, 1e-6));
+  EXPECT_TENSORS_CLOSE(pipe->generate(request).latents, latents, 1e-4);
   pipe->remove_all_hooks();
   // Balanced placement over the devices there are gives the same latents too.
   auto balanced = load_pipeline(dir, {.device_map = "balanced", .max_memory = {{"cpu", "1GB"}}});
-  EXPECT_TRUE(at::allclose(balanced->generate(request).latents, latents, 1e-5, 1e-6));
+  EXPECT_TENSORS_CLOSE(balanced->generate(request).latents, latents, 1e-4);
 }

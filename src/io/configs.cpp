@@ -15,12 +15,13 @@ ModelIndex ModelIndex::from_file(const std::filesystem::path& file) {
   index.diffusers_version = json.get_string("_diffusers_version", "");
   if (index.class_name.empty()) throw Error(file.string() + ": missing '_class_name' (not a model_index.json?)");
   // Components are the keys that do not start with '_', each [library, class] or [null, null]; a
-  // scalar is an argument of the pipeline's constructor (SD's requires_safety_checker: false).
+  // boolean or number is an argument of the pipeline's constructor (SD's requires_safety_checker:
+  // false). A string is taken for a mistyped component and refused.
   for (const std::string& key : json.keys()) {
     if (key.empty() || key[0] == '_') continue;
     const nlohmann::json entry = nlohmann::json::parse(json.dump(key));
     if (entry.is_null()) continue;
-    if (entry.is_boolean() || entry.is_number() || entry.is_string()) {
+    if (entry.is_boolean() || entry.is_number()) {
       index.arguments[key] = entry.dump();
       continue;
     }
