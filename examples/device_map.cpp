@@ -75,7 +75,7 @@ Arguments parse(int argc, char** argv) {
   cli::add_generation_options(app, a.generation, {Gen::Prompt, Gen::Size, Gen::Steps, Gen::Seed});
   app.get_option("--prompt")->description("the prompt (one)");
   cli::add_text(app, "--max-memory", a.budgets, "DEVICE=SIZE,...",
-                "budgets, as Accelerate's max_memory: cuda:0=16GB,cuda:1=16GB,cpu=64GiB,disk=200GB\n"
+                "budgets, as Accelerate's max_memory: cuda:0=16GB,cuda:1=16GB,cpu=64GiB\n"
                 "(default: 16GB per GPU, or cpu=1MB,disk=1GB without a GPU)",
                 [](const std::string& text) {
                   try {
@@ -86,8 +86,8 @@ Arguments parse(int argc, char** argv) {
                 })
       ->group("Placement");
   cli::add_text(app, "--activation-memory", a.activation_memory, "auto|SIZE",
-                "kept free per GPU for activations (default: an estimate for 1024x1024 (auto),\n"
-                "or 0 without a GPU)",
+                "kept free per GPU for activations\n"
+                "(default: auto, an estimate for 1024x1024; 0 without a GPU)",
                 [](const std::string& text) {
                   if (text == "auto") return;
                   try {
@@ -98,8 +98,8 @@ Arguments parse(int argc, char** argv) {
                 })
       ->group("Placement");
   cli::add_float(app, "--tolerance", a.tolerance,
-                 "largest max|a-b|/max|b| against the one-device run (default: 2e-2 in bfloat16/float16,\n"
-                 "1e-5 in float32)",
+                 "largest max|a-b|/max|b| against the one-device run\n"
+                 "(default: 2e-2 in bfloat16/float16, 1e-5 in float32)",
                  {.min = 0});
   cli::add_flag(app, "--skip-offload", a.skip_offload, "leave out part 4 (CPU offload)");
   cli::parse(app, argc, argv);

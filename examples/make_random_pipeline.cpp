@@ -34,14 +34,17 @@ Arguments parse(int argc, char** argv) {
   cli::add_text(app, "--output", a.output, "DIR", "folder to write (created; files of the same names are replaced)")
       ->required();
   cli::add_choice(app, "--shape", a.options.shape, diffuse::random_pipeline_shape_names(),
-                  "flux-tiny or sd15-tiny (seconds on a CPU), flux-dev (FLUX.1-dev's shape, 12B\n"
-                  "transformer parameters: ~33 GB in bfloat16) or sd15 (SD 1.5's shape: ~2 GB in float16)");
+                  "flux-tiny or sd15-tiny (seconds on a CPU), flux-dev (FLUX.1-dev's shape,\n"
+                  "12B transformer parameters: ~33 GB in bfloat16) or sd15 (SD 1.5's shape:\n"
+                  "~2 GB in float16)");
   cli::add_choice(app, "--dtype", a.dtype, cli::dtype_names(),
-                  "weights (default: float32 for the tiny shapes, bfloat16 for flux-dev, float16 for sd15)");
+                  "weights (default: float32 for the tiny shapes, bfloat16 for flux-dev,\n"
+                  "float16 for sd15)");
   cli::add_uint64(app, "--seed", a.options.seed, "seed of the random weights");
   cli::add_text(app, "--tokenizers", a.tokenizers, "DIR",
-                "copy tokenizer/ and tokenizer_2/ from this pipeline folder (e.g. FLUX.1-dev's);\n"
-                "default: a small byte-level CLIP vocabulary and a small T5 vocabulary made here");
+                "copy tokenizer/ and tokenizer_2/ from this pipeline folder (e.g. FLUX.1-dev's)\n"
+                "(default: a small byte-level CLIP vocabulary and a small T5 vocabulary\n"
+                "made here)");
   cli::parse(app, argc, argv);
   if (!a.tokenizers.empty()) a.options.tokenizers_from = a.tokenizers;
   return a;

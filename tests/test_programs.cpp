@@ -229,7 +229,7 @@ TEST(Programs, RefuseMalformedNumbersAndUnknownChoicesWithOneLine) {
       {"data_parallel", with(generate, {"--dtype", "float64"}), "--dtype expects float32, bfloat16 or float16"},
       {"data_parallel", with(generate, {"--device", "tpu"}), "--device expects cpu, cuda or cuda:N"},
       {"context_parallel", with(generate, {"--guidance", "3.5x"}), "--guidance expects a non-negative number, got '3.5x'"},
-      {"context_parallel", with(generate, {"--ring-degree", "0"}), "--ring-degree expects an integer of at least 1"},
+      {"context_parallel", with(generate, {"--ring-degree", "0"}), "--ring-degree expects an integer from 1 to 65536, got '0'"},
       {"context_parallel", with(generate, {"--ulysses-degree", "two"}), "--ulysses-degree expects an integer"},
       {"context_parallel", with(generate, {"--attention-backend", "fast"}), "--attention-backend: unknown attention backend 'fast'"},
       {"context_parallel", with(generate, {"--dtype", "float64"}), "--dtype expects float32, bfloat16 or float16"},
@@ -243,7 +243,7 @@ TEST(Programs, RefuseMalformedNumbersAndUnknownChoicesWithOneLine) {
       {"device_map", {"--model", model, "--activation-memory", "lots"}, "--activation-memory: "},
       {"device_map", {"--model", model, "--dtype", "float64"}, "--dtype expects float32, bfloat16 or float16"},
       {"make_random_pipeline", {"--output", (dir / "x").string(), "--seed", "-1"}, "--seed expects a non-negative integer"},
-      {"make_random_pipeline", {"--output", (dir / "x").string(), "--shape", "flux-huge"}, "--shape expects flux-tiny or flux-dev, got 'flux-huge'"},
+      {"make_random_pipeline", {"--output", (dir / "x").string(), "--shape", "flux-huge"}, "--shape expects flux-tiny, flux-dev, sd15-tiny or sd15, got 'flux-huge'"},
       {"make_random_pipeline", {"--output", (dir / "x").string(), "--dtype", "float64"}, "--dtype expects float32, bfloat16 or float16"},
       {"inspect", {model, "--jsn"}, "unknown option '--jsn'"},
       {"inspect", {}, "FOLDER is required"},
@@ -270,7 +270,7 @@ TEST(Programs, HelpListsEveryOptionWithItsDefault) {
                     "--steps N", "--guidance X", "--seed N", "--max-sequence-length N", "--num-images-per-prompt N",
                     "--output-type image|latent", "--output FILE", "--latents FILE", "--save-tensors FILE",
                     "--dtype float32|bfloat16|float16", "--device cpu|cuda|cuda:N", "--quiet", "--help",
-                    "(default 28)", "(default 3.5)", "(default out.png)", "(default: random)"}},
+                    "28 for FLUX.1, 50 for SD", "3.5 for FLUX.1, 7.5 for SD", "(default out.png)", "(default: random)"}},
       {"data_parallel", {"--model DIR", "--prompt TEXT", "--prompts-file FILE", "--height N", "--width N",
                          "--round-size", "--steps N", "--guidance X", "--seed N", "--max-sequence-length N",
                          "--num-images-per-prompt N", "--output-dir DIR", "--dtype", "--device", "--quiet",
@@ -302,11 +302,19 @@ TEST(Programs, HelpListsEveryOptionWithItsDefault) {
 // diffuse-launch reads its own options up to PROGRAM; the rest is PROGRAM's, untouched, even where it
 // looks like the launcher's options or is malformed for them.
 TEST(Programs, LauncherPassesTheProgramsArgumentsThrough) {
-  const ProgramRun result = run("diffuse-launch", {"--nproc-per-node", "1", "--no-prefix", "--grace", "1", "/bin/echo",
-                                                   "--grace", "abc", "--steps", "3x", "--", "-h", "a b"});
+  // The program prints each of its arguments in brackets.
+  const std::vector<std::string> program = {"/bin/sh", "-c", "for a; do echo \"[$a]\"; done", "sh"};
+  std::vector<std::string> args = {"--nproc-per-node", "1", "--no-prefix", "--grace", "1"};
+  args.insert(args.end(), program.begin(), program.end());
+  args.insert(args.end(), {"--grace", "abc", "--steps", "3x", "--", "-h", "a b"});
+  const ProgramRun result = run("diffuse-launch", args);
   EXPECT_EQ(result.exit_code, 0) << result.output;
-  EXPECT_EQ(result.output, "--grace abc --steps 3x -- -h a b\n");
-  const ProgramRun marked = run("diffuse-launch", {"--nproc_per_node=1", "--no-prefix", "--", "/bin/echo", "--help"});
+  EXPECT_EQ(result.output, "[--grace]\n[abc]\n[--steps]\n[3x]\n[--]\n[-h]\n[a b]\n");
+  // After "--", PROGRAM may be anything, and its arguments too.
+  args = {"--nproc_per_node=1", "--no-prefix", "--"};
+  args.insert(args.end(), program.begin(), program.end());
+  args.push_back("--help");
+  const ProgramRun marked = run("diffuse-launch", args);
   EXPECT_EQ(marked.exit_code, 0) << marked.output;
-  EXPECT_EQ(marked.output, "--help\n");
+  EXPECT_EQ(marked.output, "[--help]\n");
 }

@@ -13,7 +13,7 @@ namespace {
 // X)", grouped as the program added them, and the footer (the environment variables, where any).
 class HelpFormatter : public CLI::Formatter {
  public:
-  explicit HelpFormatter(std::string usage) : usage_(std::move(usage)) {}
+  explicit HelpFormatter(std::string usage) : usage_(std::move(usage)) { label("Positionals", "Arguments"); }
 
   std::string make_help(const CLI::App* app, std::string, CLI::AppFormatMode mode) const override {
     std::string out = "usage: " + usage_ + "\n\n" + app->get_description() + "\n";

@@ -22,6 +22,7 @@
 // Option groups that several programs share (the model, the generation options) are in options.hpp.
 
 #include <CLI/CLI.hpp>
+
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -56,6 +57,9 @@ struct FloatRange {
   double max = std::numeric_limits<double>::infinity();
 };
 
+// Each add_* takes the option's name as CLI11 does, aliases after a comma ("--master-port,--master_port";
+// messages use the first), and returns the option, for ->required(), ->group(...) or ->type_name(...).
+//
 // Options that take a number. The type name in --help is N (integers) or X (other numbers); change it
 // with ->type_name("SECONDS"). The default shown is the variable's value now; an unset optional shows
 // none, so its help text says what happens without it.

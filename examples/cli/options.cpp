@@ -5,7 +5,6 @@
 
 #include "diffuse/error.hpp"
 #include "diffuse/models/attention_backend.hpp"
-#include "diffuse/schedulers/scheduler.hpp"
 
 namespace diffuse::cli {
 namespace {
@@ -78,12 +77,11 @@ void add_generation_options(CLI::App& app, GenerationOptions& options, const std
                   "all prompts or one per prompt (default: none)");
   }
   if (wanted(which, Gen::Scheduler)) {
-    std::string names;
-    for (const std::string& name : diffuse::scheduler_names()) names += (names.empty() ? "" : ", ") + name;
     add_text(app, "--scheduler", options.scheduler, "NAME",
-             "the scheduler, by diffusers' class name or an alias (pndm, ddim, euler, euler_a,\n"
-             "dpm++2m, flow_match), made from the folder's scheduler config as diffusers'\n"
-             "X.from_config(pipe.scheduler.config) (default: the folder's)\nclasses: " + names);
+             "the scheduler, by diffusers' class name (DDIMScheduler, ...) or an alias\n"
+             "(pndm, ddim, euler, euler_a, dpm++2m, flow_match), made from the folder's\n"
+             "scheduler config as diffusers' X.from_config(pipe.scheduler.config)\n"
+             "(default: the folder's)");
   }
   if (wanted(which, Gen::Size)) {
     const std::string model_size = "the family's: 1024 for FLUX.1, 512 for SD 1.5";
@@ -130,7 +128,8 @@ void add_generation_options(CLI::App& app, GenerationOptions& options, const std
   }
   if (wanted(which, Gen::SaveTensors)) {
     add_text(app, "--save-tensors", options.save_tensors, "FILE",
-             "also write float32 \"latents\" (final, as output_type=\"latent\" returns them) and, unless the output type\n"
+             "also write float32 \"latents\" (final, as output_type=\"latent\" returns\n"
+             "them) and, unless the output type\n"
              "is latent, \"image\" [batch, 3, H, W] in [0, 1] to this safetensors file");
   }
   if (wanted(which, Gen::AttentionBackend)) {
