@@ -375,6 +375,99 @@ def t5_corpus(out, data):
     write(f"{out}/bad_unk", parts(plain.replace(field_varint(40, 2), field_varint(40, 99)), plain_config, "cat"))
 
 
+# ---- Qwen2 tokenizer --------------------------------------------------------------------------------
+
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_WORDS = ["the", " the", " a", " photo", " of", " cat", " dog", "'s", " caf\u00e9", "\n\n", "  ", "!!", " \u6771\u4eac"]
+QWEN2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>"]
+
+
+def qwen2_tokenizer_files(alphabet_bytes=range(256), words=QWEN2_WORDS, specials=QWEN2_SPECIALS, pair_merges=True):
+    """A byte-level BPE in Qwen2's layout: (tokenizer.json, vocab.json, merges.txt, tokenizer_config.json)."""
+    alphabet = byte_level_alphabet()
+    vocab, merges = {}, []
+
+    def add(token):
+        if token not in vocab:
+            vocab[token] = len(vocab)
+
+    for b in alphabet_bytes:
+        add(alphabet[b])
+    for word in words:
+        symbols = ["".join(alphabet[b] for b in c.encode("utf-8")) for c in word]
+        symbols = [s for s in symbols if all(ch in vocab for ch in s)]
+        if not symbols:
+            continue
+        current = symbols[0]
+        add(current)
+        for symbol in symbols[1:]:
+            add(symbol)
+            merge = [current, symbol]
+            if merge not in merges:
+                merges.append(merge)
+            current += symbol
+            add(current)
+    added = [{"id": len(vocab) + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for i, t in enumerate(specials)]
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+        "post_processor": None, "decoder": {"type": "ByteLevel"},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": merges if pair_merges else [" ".join(m) for m in merges]}}
+    config = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None, "bos_token": None,
+              "model_max_length": 32768, "extra_special_tokens": specials[1:], "tokenizer_class": "Qwen2Tokenizer"}
+    return (json.dumps(tokenizer, ensure_ascii=False, separators=(",", ":")) + "\n",
+            json.dumps(vocab, ensure_ascii=False, separators=(",", ":")) + "\n",
+            "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", js(config))
+
+
+QWEN2_TEXTS = TEXTS + [
+    "<|im_start|>system\nDescribe the image.<|im_end|>\n<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n",
+    "  lots   of\twhite  space \r\n\n  x !?\n\ny I'M it'S we'LL \u017f'\u017f 2024 $3.14",
+]
+
+
+def qwen2_corpus(out, data):
+    tokenizer, vocab, merges, config = qwen2_tokenizer_files()
+    write(f"{data}/qwen2/tokenizer.json", tokenizer)
+    write(f"{data}/qwen2/tokenizer_config.json", config)
+    # Small vocabularies (the letters of a few words): most bytes are unknown and dropped.
+    letters = sorted(set(b for w in ["the", " cat", " dog", "\n"] for b in w.encode()))
+    small = qwen2_tokenizer_files(letters, ["the", " cat", " dog", "\n\n"], ["<|endoftext|>", "<|im_end|>"])
+    for i, text in enumerate(QWEN2_TEXTS):
+        write(f"{out}/small_{i}", parts(small[0], "", "", small[3], text, QWEN2_TEXTS[(i + 1) % len(QWEN2_TEXTS)]))
+    write(f"{out}/full_alphabet", parts(tokenizer, "", "", config, QWEN2_TEXTS[-2], QWEN2_TEXTS[-1]))
+    # The other layout: vocab.json + merges.txt, added tokens in added_tokens_decoder.
+    legacy_config = json.loads(small[3])
+    legacy_config["added_tokens_decoder"] = {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
+                                             for t in json.loads(small[0])["added_tokens"]}
+    legacy_config["padding_side"] = "left"
+    legacy_config["truncation_side"] = "left"
+    write(f"{out}/vocab_and_merges", parts("", small[1], small[2], js(legacy_config), QWEN2_TEXTS[-1], "the cat"))
+    write(f"{out}/no_config", parts("", small[1], small[2], "", "the<|endoftext|> cat"))
+    write(f"{out}/string_merges", parts(qwen2_tokenizer_files(letters, ["the", " cat"], [], pair_merges=False)[0],
+                                        "", "", "", "the cat"))
+    flags = json.loads(small[3])
+    flags["add_prefix_space"] = True
+    flags["pad_token"] = None
+    flags["added_tokens_decoder"] = {
+        "900": {"content": "<L>", "lstrip": True, "rstrip": False, "single_word": False, "normalized": False, "special": True},
+        "901": {"content": "<R>", "lstrip": False, "rstrip": True, "single_word": False, "normalized": False, "special": True},
+        "902": {"content": "cat", "lstrip": False, "rstrip": False, "single_word": True, "normalized": False, "special": False},
+        "903": {"content": "caf\u00e9", "normalized": True, "special": False}}
+    write(f"{out}/added_token_flags", parts("", small[1], small[2], js(flags), "a  <L>b<R>  cat concatenate cafe\u0301"))
+    write(f"{out}/bad_merge", parts("", small[1], "#version: 0.2\nt h\nzz q\n", small[3], "the"))
+    write(f"{out}/invalid_utf8_text", parts(*small, b"cat \xff\xfe dog \xe2\x82 \xc0\xaf \xed\xa0\x80"))
+    marks = "a" + "".join("\u0301" if i % 2 == 0 else "\u0316" for i in range(2000))
+    write(f"{out}/combining_marks", parts(*small, marks))
+
+
 # ---- reproducers of bugs found by reading the code (fuzz/regressions/README.md says which) ---------
 
 def regressions(out):
@@ -434,6 +527,7 @@ def main():
     configs_corpus(f"{corpus}/fuzz_configs")
     clip_corpus(f"{corpus}/fuzz_clip_tokenizer", data)
     t5_corpus(f"{corpus}/fuzz_t5_tokenizer", data)
+    qwen2_corpus(f"{corpus}/fuzz_qwen2_tokenizer", data)
     regressions(os.path.join(HERE, "regressions"))
 
 

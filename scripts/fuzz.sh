@@ -21,15 +21,17 @@ cd "$(dirname "$0")/.."
 seconds=${DIFFUSE_FUZZ_SECONDS:-60}
 jobs=${DIFFUSE_FUZZ_JOBS:-$(nproc)}
 build=build-fuzz
-all_targets=(fuzz_safetensors fuzz_checkpoint fuzz_configs fuzz_clip_tokenizer fuzz_t5_tokenizer)
+all_targets=(fuzz_safetensors fuzz_checkpoint fuzz_configs fuzz_clip_tokenizer fuzz_t5_tokenizer
+             fuzz_qwen2_tokenizer)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 
 # Each target's dictionary and largest input: the tokenizer inputs hold a whole vocabulary.
 declare -A dict=([fuzz_safetensors]=safetensors [fuzz_checkpoint]=safetensors [fuzz_configs]=json
-                 [fuzz_clip_tokenizer]=clip_tokenizer [fuzz_t5_tokenizer]=t5_tokenizer)
+                 [fuzz_clip_tokenizer]=clip_tokenizer [fuzz_t5_tokenizer]=t5_tokenizer
+                 [fuzz_qwen2_tokenizer]=qwen2_tokenizer)
 declare -A max_len=([fuzz_safetensors]=4096 [fuzz_checkpoint]=4096 [fuzz_configs]=4096
-                    [fuzz_clip_tokenizer]=8192 [fuzz_t5_tokenizer]=8192)
+                    [fuzz_clip_tokenizer]=8192 [fuzz_t5_tokenizer]=8192 [fuzz_qwen2_tokenizer]=8192)
 for target in "${targets[@]}"; do
   [ -n "${dict[$target]:-}" ] || { echo "fuzz: unknown target '$target' (${all_targets[*]})" >&2; exit 2; }
 done

@@ -9,6 +9,7 @@
 
 #include "diffuse/error.hpp"
 #include "io/json_text.hpp"
+#include "tokenizers/unicode.hpp"
 
 namespace diffuse::tokenizers {
 
@@ -77,44 +78,104 @@ int64_t TokenizerConfig::integer(const char* key, int64_t fallback) const {
   throw Error(file.string() + ": '" + key + "' should be an integer, got " + json_for_message(*it));
 }
 
-void SpecialTokens::add(std::string content, int64_t id) {
+void SpecialTokens::add(std::string content, int64_t id, Options options) {
   if (content.empty()) return;
   first_byte_[static_cast<unsigned char>(content[0])] = true;
-  for (auto& [existing, existing_id] : tokens_)
-    if (existing == content) {
-      existing_id = id;
+  for (auto& existing : tokens_)
+    if (existing.content == content) {
+      existing.id = id;
+      existing.options = options;
       return;
     }
-  tokens_.emplace_back(std::move(content), id);
+  tokens_.push_back({std::move(content), id, options});
 }
 
 int64_t SpecialTokens::find(std::string_view content) const {
-  for (const auto& [token, id] : tokens_)
-    if (token == content) return id;
+  for (const auto& token : tokens_)
+    if (token.content == content) return token.id;
   return -1;
 }
+
+namespace {
+
+// Rust regex's Unicode \w (Alphabetic, marks, decimal digits, connector punctuation, joiners), with
+// letters and letter numbers standing for Alphabetic.
+bool is_word_character(char32_t c) {
+  using unicode::Category;
+  const Category k = unicode::category(c);
+  return unicode::is_letter(c) || unicode::is_mark(c) || k == Category::Nd || k == Category::Nl ||
+         k == Category::Pc || c == 0x200C || c == 0x200D;
+}
+
+// The last / first character of `text` (U+FFFD for an ill-formed byte); 0 when empty.
+char32_t last_character(std::string_view text) {
+  if (text.empty()) return 0;
+  size_t i = text.size() - 1;
+  while (i > 0 && text.size() - i < 4 && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) --i;
+  char32_t c = 0;
+  unicode::decode_utf8_at(text, i, c);
+  return c;
+}
+char32_t first_character(std::string_view text) {
+  char32_t c = 0;
+  if (!text.empty()) unicode::decode_utf8_at(text, 0, c);
+  return c;
+}
+
+// The number of whitespace bytes that end / start `text`.
+size_t trailing_white_space(std::string_view text) {
+  size_t end = text.size();
+  while (end > 0) {
+    size_t i = end - 1;
+    while (i > 0 && end - i < 4 && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) --i;
+    char32_t c = 0;
+    if (unicode::decode_utf8_at(text, i, c) != end - i || !unicode::is_white_space(c)) break;
+    end = i;
+  }
+  return text.size() - end;
+}
+size_t leading_white_space(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    char32_t c = 0;
+    const size_t length = unicode::decode_utf8_at(text, i, c);
+    if (!unicode::is_white_space(c)) break;
+    i += length;
+  }
+  return i;
+}
+
+}  // namespace
 
 std::vector<SpecialTokens::Piece> SpecialTokens::split(std::string_view text) const {
   std::vector<Piece> pieces;
   size_t start = 0;  // of the ordinary text not yet emitted
   for (size_t i = 0; i < text.size();) {
-    size_t best_length = 0;
-    int64_t best_id = -1;
+    const Token* best = nullptr;
     if (first_byte_[static_cast<unsigned char>(text[i])]) {
-      for (const auto& [token, id] : tokens_)
-        if (token.size() > best_length && text.compare(i, token.size(), token) == 0) {
-          best_length = token.size();
-          best_id = id;
-        }
+      for (const auto& token : tokens_)
+        if ((best == nullptr || token.content.size() > best->content.size()) &&
+            text.compare(i, token.content.size(), token.content) == 0)
+          best = &token;
     }
-    if (best_length == 0) {
+    if (best == nullptr) {
       ++i;
       continue;
     }
-    if (i > start) pieces.push_back({text.substr(start, i - start), -1});
-    pieces.push_back({text.substr(i, best_length), best_id});
-    i += best_length;
-    start = i;
+    size_t begin = i;
+    size_t end = i + best->content.size();
+    // Matches do not overlap: a rejected one is skipped whole, as tokenizers' matcher does.
+    i = end;
+    if (best->options.single_word &&
+        ((begin > 0 && is_word_character(last_character(text.substr(0, begin)))) ||
+         (end < text.size() && is_word_character(first_character(text.substr(end))))))
+      continue;
+    if (best->options.lstrip) begin = std::max(begin - trailing_white_space(text.substr(start, begin - start)), start);
+    if (best->options.rstrip) end += leading_white_space(text.substr(end));
+    if (begin > start) pieces.push_back({text.substr(start, begin - start), -1});
+    pieces.push_back({text.substr(begin, end - begin), best->id});
+    i = end;
+    start = end;
   }
   if (start < text.size()) pieces.push_back({text.substr(start), -1});
   return pieces;

@@ -37,8 +37,18 @@ struct TokenizerConfig {
 // longest first at the same place, as tokenizers' AddedVocabulary does.
 class SpecialTokens {
  public:
-  void add(std::string content, int64_t id);
+  // An AddedToken's matching flags (tokenizers' names): `single_word` matches only where no word
+  // character (\w) touches either end; `lstrip` / `rstrip` take the whitespace before / after the
+  // token into it, so that it gives no token of its own.
+  struct Options {
+    bool single_word = false;
+    bool lstrip = false;
+    bool rstrip = false;
+  };
+  void add(std::string content, int64_t id, Options options);
+  void add(std::string content, int64_t id) { add(std::move(content), id, Options{}); }
   int64_t find(std::string_view content) const;  // -1 when not special
+  bool empty() const { return tokens_.empty(); }
 
   struct Piece {
     std::string_view text;
@@ -47,7 +57,12 @@ class SpecialTokens {
   std::vector<Piece> split(std::string_view text) const;
 
  private:
-  std::vector<std::pair<std::string, int64_t>> tokens_;
+  struct Token {
+    std::string content;
+    int64_t id;
+    Options options;
+  };
+  std::vector<Token> tokens_;
   bool first_byte_[256] = {};
 };
 
