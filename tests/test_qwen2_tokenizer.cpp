@@ -199,13 +199,13 @@ TEST(Qwen2Tokenizer, LoadsFromVocabAndMergesAlone) {
   EXPECT_EQ(legacy.eos_id, qwen().eos_id);
 
   // Without added_tokens_decoder, the special tokens that tokenizer_config.json names take the ids
-  // after the vocabulary in transformers' order (eos, unk, pad, then the extra ones): text without
-  // them is tokenized the same.
+  // after the vocabulary in transformers' order (bos, eos, unk, pad, then the extra ones; here bos
+  // and unk are null): text without them is tokenized the same.
   write_file(dir / "tokenizer_config.json", read_json(qwen_folder() / "tokenizer_config.json").dump(2));
   const Qwen2Tokenizer numbered = Qwen2Tokenizer::from_pretrained(dir);
   const int64_t first_free = static_cast<int64_t>(read_json(qwen_folder() / "vocab.json").size());
   EXPECT_EQ(numbered.eos_id, first_free);                              // <|im_end|>
-  EXPECT_EQ(numbered.token_to_id("<|endoftext|>"), first_free + 1);   // unk and pad
+  EXPECT_EQ(numbered.token_to_id("<|endoftext|>"), first_free + 1);   // pad
   EXPECT_EQ(numbered.pad_id, first_free + 1);
   EXPECT_EQ(numbered.token_to_id("<|im_start|>"), first_free + 2);
   EXPECT_EQ(numbered.vocab_size(), qwen().vocab_size());
@@ -286,6 +286,8 @@ TEST(Qwen2Tokenizer, TruncatesAndPadsBatches) {
   EXPECT_ERROR_CONTAINS(q.encode_batch({"a"}, -1), "max_length");
   EXPECT_ERROR_CONTAINS(q.encode_batch({"a"}, std::nullopt, Qwen2Tokenizer::Padding::kMaxLength),
                         "padding to max_length needs a max_length");
+  EXPECT_ERROR_CONTAINS(q.encode_batch({"a"}, int64_t{1} << 40, Qwen2Tokenizer::Padding::kMaxLength),
+                        "too long to pad to");
 
   // padding_side and truncation_side "left", as tokenizer_config.json can set them.
   const fs::path dir = copy_files(qwen_folder(), "qwen2_left", {"tokenizer.json"});

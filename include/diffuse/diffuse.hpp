@@ -62,5 +62,6 @@
 #include "diffuse/schedulers/pndm.hpp"
 #include "diffuse/schedulers/scheduler.hpp"
 #include "diffuse/tokenizers/clip_tokenizer.hpp"
+#include "diffuse/tokenizers/qwen2_tokenizer.hpp"
 #include "diffuse/tokenizers/t5_tokenizer.hpp"
 #include "diffuse/version.hpp"

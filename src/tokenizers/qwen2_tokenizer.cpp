@@ -82,6 +82,9 @@ Qwen2Tokenizer::Batch Qwen2Tokenizer::encode_batch(const std::vector<std::string
     throw Error("Qwen2Tokenizer: cannot pad a batch: the tokenizer has no pad token (tokenizer_config.json's "
                 "pad_token is null)");
   const int64_t limit = max_length.value_or(model_max_length);
+  if (limit < 0)
+    throw Error("Qwen2Tokenizer: cannot truncate to model_max_length " + std::to_string(limit) +
+                " (tokenizer_config.json); pass a max_length");
 
   std::vector<std::vector<int64_t>> rows;
   rows.reserve(texts.size());
@@ -102,10 +105,12 @@ Qwen2Tokenizer::Batch Qwen2Tokenizer::encode_batch(const std::vector<std::string
   int64_t length = static_cast<int64_t>(longest);
   if (padding == Padding::kMaxLength) {
     // Rows of the unlimited model_max_length (transformers' int(1e30)) cannot be allocated.
-    constexpr int64_t kLargestRow = int64_t{1} << 31;
-    if (limit > kLargestRow)
+    constexpr int64_t kLongestRow = int64_t{1} << 24;
+    if (!max_length && limit > kLongestRow)
       throw Error("Qwen2Tokenizer: padding to max_length needs a max_length (model_max_length is " +
                   std::to_string(model_max_length) + ")");
+    if (limit > kLongestRow)
+      throw Error("Qwen2Tokenizer: max_length " + std::to_string(limit) + " is too long to pad to (at most 2^24)");
     length = limit;
   }
 
