@@ -185,7 +185,8 @@ TEST(Qwen2Tokenizer, LoadsFromVocabAndMergesAlone) {
   const fs::path dir = copy_files(qwen_folder(), "qwen2_vocab_merges", {"vocab.json", "merges.txt"});
   auto config = read_json(qwen_folder() / "tokenizer_config.json");
   nlohmann::json decoder = nlohmann::json::object();
-  for (auto added : read_json(qwen_folder() / "tokenizer.json")["added_tokens"]) {
+  const auto tokenizer_json = read_json(qwen_folder() / "tokenizer.json");
+  for (auto added : tokenizer_json["added_tokens"]) {
     const std::string id = std::to_string(added["id"].get<int64_t>());
     added.erase("id");
     decoder[id] = added;
@@ -284,8 +285,8 @@ TEST(Qwen2Tokenizer, TruncatesAndPadsBatches) {
   EXPECT_EQ(q.encode_batch({"", ""}).input_ids.sizes(), (at::IntArrayRef{2, 0}));
   EXPECT_EQ(q.encode_batch({}).input_ids.sizes(), (at::IntArrayRef{0, 0}));
   EXPECT_ERROR_CONTAINS(q.encode_batch({"a"}, -1), "max_length");
-  EXPECT_ERROR_CONTAINS(q.encode_batch({"a"}, std::nullopt, Qwen2Tokenizer::Padding::kMaxLength),
-                        "padding to max_length needs a max_length");
+  batch = q.encode_batch({"a"}, std::nullopt, Qwen2Tokenizer::Padding::kMaxLength);
+  EXPECT_EQ(batch.input_ids.size(1), q.model_max_length);
   EXPECT_ERROR_CONTAINS(q.encode_batch({"a"}, int64_t{1} << 40, Qwen2Tokenizer::Padding::kMaxLength),
                         "too long to pad to");
 
@@ -303,6 +304,16 @@ TEST(Qwen2Tokenizer, TruncatesAndPadsBatches) {
   EXPECT_EQ(row(batch.input_ids, 1), expected);
   std::reverse(mask.begin(), mask.end());
   EXPECT_EQ(row(batch.attention_mask, 1), mask);
+
+  // No model_max_length: no limit (transformers' int(1e30)), so max_length must be given to pad to it.
+  config = read_json(qwen_folder() / "tokenizer_config.json");
+  config.erase("model_max_length");
+  write_file(dir / "tokenizer_config.json", config.dump());
+  const Qwen2Tokenizer unlimited = Qwen2Tokenizer::from_pretrained(dir);
+  EXPECT_EQ(unlimited.model_max_length, INT64_MAX);
+  EXPECT_EQ(unlimited.encode_batch({long_text}).input_ids.size(1), static_cast<int64_t>(full.size()));
+  EXPECT_ERROR_CONTAINS(unlimited.encode_batch({"a"}, std::nullopt, Qwen2Tokenizer::Padding::kMaxLength),
+                        "padding to max_length needs a max_length");
 
   // pad_token null: no padding possible, as transformers refuses.
   config = read_json(qwen_folder() / "tokenizer_config.json");
@@ -325,6 +336,11 @@ TEST(Qwen2Tokenizer, LongInputsTakeLinearTime) {
          return s;
        }()},
       {"20000 x 'a'", std::string(20000, 'a')},
+      {"4000 x 'photo' in one word", [] {
+         std::string s;
+         for (int i = 0; i < 4000; ++i) s += "photo";
+         return s;
+       }()},
       {"20000 spaces then a word", std::string(20000, ' ') + "word"},
       {"20000 digits", std::string(20000, '7')},
       {"20000 punctuation", std::string(20000, '!')},
