@@ -49,7 +49,7 @@ fi
 # DIFFUSE_TEST_SANITIZERS=0 (or the older DIFFUSE_TEST_ASAN=0) skips it; DIFFUSE_SANITIZER_TESTS
 # replaces the list of test programs.
 if [ "${DIFFUSE_TEST_SANITIZERS:-${DIFFUSE_TEST_ASAN:-1}}" != 0 ]; then
-  read -r -a sanitizer_tests <<< "${DIFFUSE_SANITIZER_TESTS:-test_c_api test_safetensors test_io test_tokenizers test_scheduler test_flux_latents test_faults}"
+  read -r -a sanitizer_tests <<< "${DIFFUSE_SANITIZER_TESTS:-test_c_api test_safetensors test_io test_tokenizers test_qwen2_tokenizer test_scheduler test_flux_latents test_faults}"
   echo "== Sanitizers (address, undefined): ${sanitizer_tests[*]} (build-sanitize/)"
   start=$SECONDS
   generator=()

@@ -1,6 +1,6 @@
 #pragma once
-// What CLIP's and T5's tokenizers share: tokenizer_config.json, special tokens split out of the
-// raw text, and truncation + padding into fixed-length rows.
+// What the tokenizers (CLIP's, T5's, Qwen2's) share: tokenizer_config.json, special tokens split out
+// of the raw text, and truncation + padding into fixed-length rows.
 
 #include <ATen/core/Tensor.h>
 
