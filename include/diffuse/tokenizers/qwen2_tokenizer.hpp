@@ -2,7 +2,8 @@
 // Qwen2's tokenizer as transformers 5 runs it (Qwen2Tokenizer / Qwen2TokenizerFast, the `tokenizers`
 // backend), read from a tokenizer folder: what Qwen-Image's pipeline feeds Qwen2.5-VL.
 //   Added tokens (<|im_start|>, <|im_end|>, <|endoftext|>, the vision tokens, ...) are matched whole
-//   in the raw text first (leftmost, then longest), each giving its own id;
+//   in the raw text first (leftmost, then longest; those flagged "normalized" in the NFC text), each
+//   giving its own id;
 //   the rest is NFC-normalized, split by Qwen2's pattern (contractions, letter runs with one leading
 //   non-letter, single digits, punctuation runs, line breaks, whitespace; see
 //   src/tokenizers/qwen2_pretokenizer.hpp), mapped to GPT-2's byte-level alphabet and merged by
