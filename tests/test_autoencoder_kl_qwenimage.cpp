@@ -18,10 +18,10 @@
 using namespace diffuse;
 namespace fs = std::filesystem;
 
-#define REQUIRE_TINY_QWENIMAGE()                                                                            \
-  do {                                                                                                      \
-    DIFFUSE_REQUIRE_FIXTURES();                                                                             \
-    if (!fs::exists(*test::fixtures_dir() / "tiny-qwenimage" / "reference.safetensors"))                   \
+#define REQUIRE_TINY_QWENIMAGE()                                                                                     \
+  do {                                                                                                               \
+    DIFFUSE_REQUIRE_FIXTURES();                                                                                      \
+    if (!fs::exists(*test::fixtures_dir() / "tiny-qwenimage" / "reference.safetensors"))                             \
       GTEST_SKIP() << "tiny-qwenimage is not in the fixtures at " << test::fixtures_dir()->string() << "; skipping"; \
   } while (0)
 
@@ -126,12 +126,14 @@ TEST(AutoencoderKLQwenImage, LatentNormalizationIsThePipelines) {
 TEST(AutoencoderKLQwenImage, DecodeInBFloat16StaysClose) {
   REQUIRE_TINY_QWENIMAGE();
   at::NoGradGuard no_grad;
-  AutoencoderKLQwenImage vae = load_model<AutoencoderKLQwenImage>(
-      vae_folder(), {.dtype = at::kBFloat16, .device = test::test_device().str()});
+  AutoencoderKLQwenImage vae =
+      load_model<AutoencoderKLQwenImage>(vae_folder(), {.dtype = at::kBFloat16, .device = test::test_device().str()});
   for (const auto& p : vae->parameters()) ASSERT_EQ(p.scalar_type(), at::kBFloat16);
   const at::Tensor decoded = vae->decode(reference().load("vae_decoder_input", at::kBFloat16, test::test_device()));
   EXPECT_EQ(decoded.scalar_type(), at::kBFloat16);
-  EXPECT_TENSORS_CLOSE(decoded.select(2, 0), reference().load("vae_decoded"), 5e-2);
+  // Rounding the weights alone moves the image by 1.4e-2 (of max |b|); bfloat16 activations through the
+  // decoder's 20 convolutions make it 4.2e-2 on the CPU. The bound leaves room for other kernels.
+  EXPECT_TENSORS_CLOSE(decoded.select(2, 0), reference().load("vae_decoded"), 8e-2);
   test::print_error("bf16 decode vs float32 vae_decoded", decoded.select(2, 0), reference().load("vae_decoded"));
   const at::Tensor mean = vae->encode(reference().load("vae_decoded", at::kBFloat16, test::test_device()).unsqueeze(2));
   EXPECT_TENSORS_CLOSE(mean, reference().load("vae_encoder_latent_dist_mean"), 5e-2);
@@ -172,7 +174,9 @@ TEST(AutoencoderKLQwenImage, ConfigIsTheFolders) {
 }
 
 TEST(AutoencoderKLQwenImage, BadConfigsNameTheKey) {
-  auto parse = [](const std::string& text) { return AutoencoderKLQwenImageConfig::from_json(JsonConfig::parse(text, "vae/config.json")); };
+  auto parse = [](const std::string& text) {
+    return AutoencoderKLQwenImageConfig::from_json(JsonConfig::parse(text, "vae/config.json"));
+  };
   EXPECT_ERROR_CONTAINS(parse(R"({"_class_name": "AutoencoderKLWan"})"), "AutoencoderKLWan");
   EXPECT_ERROR_CONTAINS(parse(R"({"dim_mult": [1, 2], "temperal_downsample": [true, true]})"), "temperal_downsample");
   EXPECT_ERROR_CONTAINS(parse(R"({"temperal_downsample": [1, 0, 0]})"), "temperal_downsample");
@@ -192,8 +196,8 @@ TEST(AutoencoderKLQwenImage, BadInputIsRefused) {
   REQUIRE_TINY_QWENIMAGE();
   auto& vae = tiny_vae();
   const auto options = at::TensorOptions().device(test::test_device());
-  EXPECT_ERROR_CONTAINS(vae->decode(at::zeros({1, 3, 1, 4, 4}, options)), "4 channels");   // z_dim is 4
-  EXPECT_ERROR_CONTAINS(vae->decode(at::zeros({1, 4, 4, 4}, options)), "4-D");             // no frame axis
+  EXPECT_ERROR_CONTAINS(vae->decode(at::zeros({1, 3, 1, 4, 4}, options)), "4 channels");  // z_dim is 4
+  EXPECT_ERROR_CONTAINS(vae->decode(at::zeros({1, 4, 4, 4}, options)), "4-D");            // no frame axis
   EXPECT_ERROR_CONTAINS(vae->decode(at::zeros({1, 4, 2, 4, 4}, options)), "2 frames");
   EXPECT_ERROR_CONTAINS(vae->decode(at::zeros({1, 4, 1, 0, 4}, options)), "empty");
   EXPECT_ERROR_CONTAINS(vae->decode(at::zeros({1, 4, 1, 4, 4}, options.dtype(at::kDouble))), "Double");
@@ -202,6 +206,19 @@ TEST(AutoencoderKLQwenImage, BadInputIsRefused) {
   EXPECT_ERROR_CONTAINS(vae->encode(at::zeros({1, 3, 16, 16}, options)), "4-D");
   EXPECT_ERROR_CONTAINS(vae->encode(at::zeros({1, 3, 5, 16, 16}, options)), "5 frames");
   EXPECT_ERROR_CONTAINS(vae->encode(at::zeros({1, 3, 1, 3, 16}, options)), "too small");
+}
+
+TEST(AutoencoderKLQwenImage, AttentionBackendIsSettable) {
+  REQUIRE_TINY_QWENIMAGE();
+  at::NoGradGuard no_grad;
+  AutoencoderKLQwenImage vae = load_model<AutoencoderKLQwenImage>(vae_folder(), {.device = test::test_device().str()});
+  const at::Tensor latents = reference().load("vae_decoder_input", at::kFloat, test::test_device());
+  vae->set_attention_backend(AttentionBackend::math);
+  EXPECT_EQ(vae->attention_backend(), AttentionBackend::math);
+  EXPECT_TENSORS_CLOSE(vae->decode(latents).select(2, 0), reference().load("vae_decoded"), 1e-4);
+  // Flash needs CUDA and half precision: a float32 model names the backend and why.
+  vae->set_attention_backend(AttentionBackend::flash);
+  EXPECT_ERROR_CONTAINS(vae->decode(latents), "flash");
 }
 
 TEST(AutoencoderKLQwenImage, LayoutFollowsTheConfigAndOddSizesRoundDown) {
@@ -246,8 +263,9 @@ TEST(AutoencoderKLQwenImage, CausalConvolutionOfOneFrameIsTheFirstFrameOfMany) {
 }
 
 TEST(AutoencoderKLQwenImage, AttentionInSlicesIsTheWholeMatrix) {
-  // On the math path the queries run in slices of at most 2^26 scores: 75 x 110 = 8250 positions
-  // against themselves take two. The reference is diffusers' QwenImageAttentionBlock written out.
+  // On the math path the queries run in slices of at most max_scores_per_slice scores: two frames of
+  // 7 x 11 = 77 positions, against their own 77 keys, in slices of 1000 / 154 = 6 queries. The
+  // reference is diffusers' QwenImageAttentionBlock written out, on the whole score matrix.
   at::NoGradGuard no_grad;
   qwenimage_vae::AttentionBlock block(4, at::kFloat);
   init_random_parameters(*block, 2);
@@ -255,37 +273,40 @@ TEST(AutoencoderKLQwenImage, AttentionInSlicesIsTheWholeMatrix) {
   p["norm.gamma"].uniform_(0.5, 1.5);
   p["to_qkv.bias"].normal_();
   p["to_qkv.weight"].normal_();
-  const at::Tensor x = at::randn({1, 4, 1, 75, 110});
+  const at::Tensor x = at::randn({2, 4, 1, 7, 11});
+  block->max_scores_per_slice = 1000;
   const at::Tensor out = block(x);
 
   const at::Tensor frame = x.select(2, 0);
   const at::Tensor normed = frame / frame.norm(2, {1}, true).clamp_min(1e-12) * 2.0 * p["norm.gamma"];
-  const at::Tensor qkv = at::conv2d(normed, p["to_qkv.weight"], p["to_qkv.bias"]).reshape({1, 12, 8250}).transpose(1, 2);
+  const at::Tensor qkv = at::conv2d(normed, p["to_qkv.weight"], p["to_qkv.bias"]).reshape({2, 12, 77}).transpose(1, 2);
   const auto parts = qkv.chunk(3, -1);
   const at::Tensor attended = at::softmax(at::matmul(parts[0], parts[1].transpose(1, 2)) / 2.0, -1).matmul(parts[2]);
   const at::Tensor expected =
-      at::conv2d(attended.transpose(1, 2).reshape({1, 4, 75, 110}), p["proj.weight"], p["proj.bias"]) + frame;
+      at::conv2d(attended.transpose(1, 2).reshape({2, 4, 7, 11}), p["proj.weight"], p["proj.bias"]) + frame;
   EXPECT_TENSORS_CLOSE(out.select(2, 0), expected, 1e-5);
   test::print_error("sliced attention block vs the whole matrix", out.select(2, 0), expected);
+  block->max_scores_per_slice = int64_t{1} << 26;  // one slice
+  EXPECT_TENSORS_CLOSE(block(x), out, 1e-6);
 }
 
 TEST(AutoencoderKLQwenImage, UnitsRunInOrderAndADeviceMapGivesTheSameImage) {
   REQUIRE_TINY_QWENIMAGE();
   std::vector<std::string> names;
   for (const auto& unit : model_units(*tiny_vae())) names.push_back(unit.name);
-  EXPECT_EQ(names, (std::vector<std::string>{
-                       "encoder.conv_in", "encoder.down_blocks.0", "encoder.down_blocks.1", "encoder.down_blocks.2",
-                       "encoder.down_blocks.3", "encoder.down_blocks.4", "encoder.mid_block", "encoder.norm_out",
-                       "encoder.conv_out", "quant_conv", "post_quant_conv", "decoder.conv_in", "decoder.mid_block",
-                       "decoder.up_blocks.0", "decoder.up_blocks.1", "decoder.up_blocks.2", "decoder.norm_out",
-                       "decoder.conv_out"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"encoder.conv_in", "encoder.down_blocks.0", "encoder.down_blocks.1",
+                                             "encoder.down_blocks.2", "encoder.down_blocks.3", "encoder.down_blocks.4",
+                                             "encoder.mid_block", "encoder.norm_out", "encoder.conv_out", "quant_conv",
+                                             "post_quant_conv", "decoder.conv_in", "decoder.mid_block",
+                                             "decoder.up_blocks.0", "decoder.up_blocks.1", "decoder.up_blocks.2",
+                                             "decoder.norm_out", "decoder.conv_out"}));
 
   at::NoGradGuard no_grad;
-  AutoencoderKLQwenImage mapped = load_model<AutoencoderKLQwenImage>(
-      vae_folder(), {.device_map = DeviceMap{{"", "cpu"},
-                                             {"decoder.mid_block", "disk"},
-                                             {"decoder.up_blocks.1", "disk"},
-                                             {"encoder.down_blocks.3", "disk"}}});
+  AutoencoderKLQwenImage mapped =
+      load_model<AutoencoderKLQwenImage>(vae_folder(), {.device_map = DeviceMap{{"", "cpu"},
+                                                                                {"decoder.mid_block", "disk"},
+                                                                                {"decoder.up_blocks.1", "disk"},
+                                                                                {"encoder.down_blocks.3", "disk"}}});
   EXPECT_EQ(mapped->device_map().at("decoder.up_blocks.1"), "disk");
   const at::Tensor decoded = mapped->decode(reference().load("vae_decoder_input"));
   EXPECT_TENSORS_CLOSE(decoded.select(2, 0), reference().load("vae_decoded"), 1e-4);
@@ -298,7 +319,8 @@ TEST(AutoencoderKLQwenImage, UnitsRunInOrderAndADeviceMapGivesTheSameImage) {
 TEST(AutoencoderKLQwenImage, ActivationEstimateCoversA1328Decode) {
   // The published VAE (diffusers' defaults) in bfloat16: a full-resolution residual block of 96 channels
   // holds 4 maps of 96 x 1328 x 1328 (1.35 GB); the estimate adds a quarter for workspaces.
-  const AutoencoderKLQwenImageConfig published = AutoencoderKLQwenImageConfig::from_json(JsonConfig::parse("{}", "default"));
+  const AutoencoderKLQwenImageConfig published =
+      AutoencoderKLQwenImageConfig::from_json(JsonConfig::parse("{}", "default"));
   AutoencoderKLQwenImage vae(published, at::kBFloat16);
   const uint64_t estimate = activation_estimate(*vae);
   std::printf("[ measured ] activation estimate, published VAE, bf16, 1328x1328: %.2f GB\n", estimate / 1e9);

@@ -17,7 +17,8 @@ void check_input(const at::Tensor& input, const char* what, const char* layout, 
   if (!input.defined()) throw Error(where + "the input is an undefined tensor");
   if (input.dim() != 5 || input.size(1) != channels)
     throw Error(where + "expected " + layout + " with " + std::to_string(channels) + " channels, got " +
-                c10::str(input.sizes()) + (input.dim() == 4 ? " (a 4-D image batch: add the frame axis, unsqueeze(2))" : ""));
+                c10::str(input.sizes()) +
+                (input.dim() == 4 ? " (a 4-D image batch: add the frame axis, unsqueeze(2))" : ""));
   if (input.size(2) != 1)
     throw Error(where + "got " + std::to_string(input.size(2)) +
                 " frames; only one frame (an image) is supported (diffusers runs more frames through causal "
@@ -25,15 +26,15 @@ void check_input(const at::Tensor& input, const char* what, const char* layout, 
   if (input.size(0) == 0 || input.size(3) == 0 || input.size(4) == 0)
     throw Error(where + "empty input " + c10::str(input.sizes()));
   if (input.scalar_type() != dtype)
-    throw Error(where + "the input is " + std::string(c10::toString(input.scalar_type())) + " but the model's weights are " +
-                c10::toString(dtype) + " (convert the input with .to())");
+    throw Error(where + "the input is " + std::string(c10::toString(input.scalar_type())) +
+                " but the model's weights are " + c10::toString(dtype) + " (convert the input with .to())");
 }
 
 // The mean and 1 / std as diffusers' pipeline makes them: torch.tensor(list) in float32, viewed as
 // [1, z_dim, 1, ...] for latents of rank `dim`, then cast to the latents' dtype and device (1 / std is
 // taken after the cast, as `1.0 / torch.tensor(std).to(dtype)` does, which Python computes as reciprocal).
-std::pair<at::Tensor, at::Tensor> latent_statistics(const at::Tensor& latents, const AutoencoderKLQwenImageConfig& config,
-                                                    const char* what) {
+std::pair<at::Tensor, at::Tensor> latent_statistics(const at::Tensor& latents,
+                                                    const AutoencoderKLQwenImageConfig& config, const char* what) {
   const int64_t z = config.z_dim;
   if (!latents.defined() || latents.dim() < 2 || latents.size(1) != z)
     throw Error(std::string(what) + ": expected latents [batch, " + std::to_string(z) + " (z_dim), ...], got " +

@@ -13,8 +13,6 @@ namespace {
 
 // F.normalize's default epsilon: the norm is clamped to at least this before dividing.
 constexpr double kNormalizeEps = 1e-12;
-// The most float32 attention scores the math path holds at once (256 MB), per slice of queries.
-constexpr int64_t kMaxScores = int64_t{1} << 26;
 
 using Size3 = std::array<int64_t, 3>;  // (time, height, width)
 
@@ -22,17 +20,18 @@ bool half_precision(const at::Tensor& t) { return t.scalar_type() == at::kHalf |
 
 void check_video(const at::Tensor& x, const char* what) {
   if (x.dim() != 5)
-    throw Error(std::string("AutoencoderKLQwenImage ") + what + ": expected [batch, channels, frames, height, width], got " +
-                c10::str(x.sizes()));
+    throw Error(std::string("AutoencoderKLQwenImage ") + what +
+                ": expected [batch, channels, frames, height, width], got " + c10::str(x.sizes()));
 }
 
 // softmax(q k^T / sqrt(C)) v for q, k, v [N, 1, L, C]. On the math path the queries run in slices
 // (rows of the score matrix are independent, so the result is the same) to bound its memory.
 at::Tensor single_head_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                 AttentionBackend backend) {
+                                 AttentionBackend backend, int64_t max_scores) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   const int64_t q_len = q.size(2);
-  const int64_t rows = std::max<int64_t>(1, kMaxScores / std::max<int64_t>(1, q.size(0) * k.size(2)));
+  const int64_t rows =
+      std::max<int64_t>(1, std::max<int64_t>(1, max_scores) / std::max<int64_t>(1, q.size(0) * k.size(2)));
   if (q_len <= rows || resolve_attention_backend(backend, q) != AttentionBackend::math)
     return attention(q, k, v, scale, backend);
   std::vector<at::Tensor> slices;
@@ -57,8 +56,8 @@ CausalConv3dImpl::CausalConv3dImpl(int64_t in_channels, int64_t out_channels, st
                                    std::array<int64_t, 3> stride, std::array<int64_t, 3> padding,
                                    const at::TensorOptions& options)
     : kernel_(kernel), stride_(stride), padding_(padding) {
-  weight = register_parameter("weight", at::empty({out_channels, in_channels, kernel[0], kernel[1], kernel[2]}, options),
-                              false);
+  weight = register_parameter("weight",
+                              at::empty({out_channels, in_channels, kernel[0], kernel[1], kernel[2]}, options), false);
   bias = register_parameter("bias", at::empty({out_channels}, options), false);
 }
 
@@ -90,10 +89,9 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
   // promoted float32 and writes x's dtype, without a float32 copy of x on CUDA.
   const int64_t channel_dim[] = {1};
   const bool upcast = half_precision(x);
-  const at::Tensor norm =
-      at::linalg_vector_norm(x, 2, at::IntArrayRef(channel_dim), /*keepdim=*/true,
-                             upcast ? c10::optional<at::ScalarType>(at::kFloat) : c10::nullopt)
-          .clamp_min(kNormalizeEps);
+  const at::Tensor norm = at::linalg_vector_norm(x, 2, at::IntArrayRef(channel_dim), /*keepdim=*/true,
+                                                 upcast ? c10::optional<at::ScalarType>(at::kFloat) : c10::nullopt)
+                              .clamp_min(kNormalizeEps);
   at::Tensor normalized = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::div_out(normalized, x, norm);
   // Then `normalized * scale * gamma` in x's dtype (the bias is 0.0 in every norm of this model).
@@ -128,9 +126,11 @@ at::Tensor AttentionBlockImpl::forward(const at::Tensor& x) {
   // Frames become batch entries: [B * T, C, H, W].
   const at::Tensor frames = x.permute({0, 2, 1, 3, 4}).reshape({b * t, c, h, w});
   // [B*T, 3C, H, W] -> [B*T, 1, H*W, 3C]: one head, one token per position, then q | k | v on channels.
-  const at::Tensor qkv = to_qkv(norm(frames)).reshape({b * t, 1, 3 * c, h * w}).permute({0, 1, 3, 2}).contiguous();
+  const at::Tensor qkv = to_qkv(norm(frames)).reshape({b * t, 1, 3 * c, h * w}).permute({0, 1, 3, 2});
+  // Each of q, k, v made contiguous: the fused kernels want aligned rows (a slice of 3C has stride 3C).
   const auto parts = qkv.chunk(3, /*dim=*/-1);
-  const at::Tensor attended = single_head_attention(parts[0], parts[1], parts[2], backend);
+  const at::Tensor attended = single_head_attention(parts[0].contiguous(), parts[1].contiguous(), parts[2].contiguous(),
+                                                    backend, max_scores_per_slice);
   const at::Tensor out = proj(attended.squeeze(1).permute({0, 2, 1}).reshape({b * t, c, h, w}));
   return out.view({b, t, c, h, w}).permute({0, 2, 1, 3, 4}) + x;
 }
@@ -144,9 +144,11 @@ ResampleImpl::ResampleImpl(int64_t dim, Mode mode, const at::TensorOptions& opti
   else
     resample->push_back(Conv2d(dim, dim, 3, /*stride=*/2, /*padding=*/0, true, options));
   if (mode == Mode::upsample3d)
-    time_conv = register_module("time_conv", CausalConv3d(dim, dim * 2, Size3{3, 1, 1}, Size3{1, 1, 1}, Size3{1, 0, 0}, options));
+    time_conv = register_module("time_conv",
+                                CausalConv3d(dim, dim * 2, Size3{3, 1, 1}, Size3{1, 1, 1}, Size3{1, 0, 0}, options));
   if (mode == Mode::downsample3d)
-    time_conv = register_module("time_conv", CausalConv3d(dim, dim, Size3{3, 1, 1}, Size3{2, 1, 1}, Size3{0, 0, 0}, options));
+    time_conv =
+        register_module("time_conv", CausalConv3d(dim, dim, Size3{3, 1, 1}, Size3{2, 1, 1}, Size3{0, 0, 0}, options));
 }
 
 at::Tensor ResampleImpl::forward(const at::Tensor& x) {
@@ -187,7 +189,8 @@ at::Tensor MidBlockImpl::forward(const at::Tensor& x) {
 UpBlockImpl::UpBlockImpl(int64_t in_dim, int64_t out_dim, int64_t num_res_blocks,
                          std::optional<ResampleImpl::Mode> upsample, const at::TensorOptions& options) {
   resnets = register_module("resnets", torch::nn::ModuleList());
-  for (int64_t i = 0; i < num_res_blocks + 1; ++i) resnets->push_back(ResidualBlock(i == 0 ? in_dim : out_dim, out_dim, options));
+  for (int64_t i = 0; i < num_res_blocks + 1; ++i)
+    resnets->push_back(ResidualBlock(i == 0 ? in_dim : out_dim, out_dim, options));
   if (upsample) {
     upsamplers = register_module("upsamplers", torch::nn::ModuleList());
     upsamplers->push_back(Resample(out_dim, *upsample, options));
@@ -212,7 +215,8 @@ Encoder3dImpl::Encoder3dImpl(const AutoencoderKLQwenImageConfig& config, const a
   for (size_t i = 0; i < mult.size(); ++i) {
     int64_t in_dim = dims[i];
     const int64_t out_dim = dims[i + 1];
-    const bool attend = std::find(config.attn_scales.begin(), config.attn_scales.end(), scale) != config.attn_scales.end();
+    const bool attend =
+        std::find(config.attn_scales.begin(), config.attn_scales.end(), scale) != config.attn_scales.end();
     for (int64_t r = 0; r < config.num_res_blocks; ++r) {
       down_blocks->push_back(ResidualBlock(in_dim, out_dim, options));
       if (attend) down_blocks->push_back(AttentionBlock(out_dim, options));

@@ -24,11 +24,12 @@ struct AutoencoderKLQwenImageConfig {
   int64_t num_res_blocks = 2;  // per encoder level; decoder levels have one more
   // Encoder levels (scale 1, 1/2, 1/4, ...) that get an attention block after each residual block.
   std::vector<double> attn_scales = {};
-  std::vector<bool> temperal_downsample = {false, true, true};  // one per level but the last
-  double dropout = 0.0;  // training only
+  // One per level but the last: whether its downsampler also halves time.
+  std::vector<bool> temperal_downsample = {false, true, true};
+  double dropout = 0.0;  // used in training only
   int64_t input_channels = 3;
-  std::vector<double> latents_mean = {-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                                      0.4134,  -0.0715, 0.5517,  -0.3632, -0.1922, -0.9497, 0.2503, -0.2921};
+  std::vector<double> latents_mean = {-0.7571, -0.7089, -0.9113, 0.1075,  -0.1745, 0.9653,  -0.1517, 1.5508,
+                                      0.4134,  -0.0715, 0.5517,  -0.3632, -0.1922, -0.9497, 0.2503,  -0.2921};
   std::vector<double> latents_std = {2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160};
 

@@ -96,6 +96,8 @@ class AttentionBlockImpl : public FrameBlock {
   // in slices so that the float32 score matrix stays small: at 1328x1328 one frame has 27,556
   // positions, whose whole score matrix would take 3 GB.
   AttentionBackend backend = AttentionBackend::automatic;
+  // The most float32 scores one slice holds on the math path (2^26: 256 MB).
+  int64_t max_scores_per_slice = int64_t{1} << 26;
 
  private:
   RMSNorm norm{nullptr};
