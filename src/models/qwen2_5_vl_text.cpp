@@ -32,14 +32,15 @@ at::Tensor rotate_half(const at::Tensor& x) {
 // padding, the mask goes through scaled_dot_product_attention, which picks a kernel that takes one.
 at::Tensor fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& keep,
                            double scale, AttentionBackend requested, AttentionBackend backend) {
-  if (requested == AttentionBackend::automatic || backend == AttentionBackend::native || keep.defined()) {
-    if (keep.defined() && backend == AttentionBackend::flash)
+  if (keep.defined()) {
+    if (requested == AttentionBackend::flash)
       throw Error(
           "attention backend 'flash' cannot run here: it takes no attention mask, and this batch has padding "
           "(use auto, native, efficient, cudnn or math)");
-    if (keep.defined()) return at::scaled_dot_product_attention(q, k, v, keep, /*dropout_p=*/0.0, false, scale);
-    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/std::nullopt, 0.0, /*is_causal=*/true, scale);
+    return at::scaled_dot_product_attention(q, k, v, keep, /*dropout_p=*/0.0, /*is_causal=*/false, scale);
   }
+  if (requested == AttentionBackend::automatic || backend == AttentionBackend::native)
+    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/std::nullopt, 0.0, /*is_causal=*/true, scale);
   switch (backend) {
     case AttentionBackend::flash:
       return std::get<0>(at::_scaled_dot_product_flash_attention(q, k, v, /*dropout_p=*/0.0, /*is_causal=*/true,
