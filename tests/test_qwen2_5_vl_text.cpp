@@ -152,7 +152,8 @@ TEST(Qwen2_5_VLTextModel, PaddedRowsMatchEachRowAlone) {
     const std::string side = left ? "left" : "right";
     const at::Tensor padded = left ? at::cat({pad, second}, 1) : at::cat({second, pad}, 1);
     const at::Tensor padded_mask =
-        left ? at::cat({at::zeros_like(pad), at::ones_like(second)}, 1) : at::cat({at::ones_like(second), at::zeros_like(pad)}, 1);
+        left ? at::cat({at::zeros_like(pad), at::ones_like(second)}, 1)
+             : at::cat({at::ones_like(second), at::zeros_like(pad)}, 1);
     const at::Tensor out = model->forward(at::cat({first, padded}), at::cat({at::ones_like(first), padded_mask}));
     ASSERT_EQ(out.sizes(), (std::vector<int64_t>{2, length, 32}));
     EXPECT_TRUE(out.isfinite().all().item<bool>()) << side << " padding gave non-finite values";
@@ -274,10 +275,12 @@ TEST(Qwen2_5_VLTextModel, BadConfigValuesNameTheFileAndKey) {
                   {"rms_norm_eps", "not a positive number"});
   expect_contains(config_error("qwen_act", [](nlohmann::json& j) { j["text_config"]["hidden_act"] = "nope"; }),
                   {"hidden_act", "nope"});
-  expect_contains(config_error("qwen_sliding", [](nlohmann::json& j) { j["text_config"]["use_sliding_window"] = true; }),
+  expect_contains(config_error("qwen_sliding",
+                               [](nlohmann::json& j) { j["text_config"]["use_sliding_window"] = true; }),
                   {"use_sliding_window", "not supported"});
   // A layer count the checkpoint does not hold is refused before anything is built.
-  const fs::path layers = edited_folder("qwen_layers", [](nlohmann::json& j) { j["text_config"]["num_hidden_layers"] = 3; });
+  const fs::path layers =
+      edited_folder("qwen_layers", [](nlohmann::json& j) { j["text_config"]["num_hidden_layers"] = 3; });
   expect_contains(test::error_of([&] { load_model<Qwen2_5_VLTextModel>(layers, {}); }),
                   {"config.json", "text_config.num_hidden_layers is 3", "hold 2 blocks"});
 }
@@ -302,7 +305,8 @@ TEST(Qwen2_5_VLTextModel, RunsSpreadOverCpuAndDisk) {
 
   // Planned: a CPU budget below the embedding's size puts every unit on disk, each read when it runs.
   Qwen2_5_VLTextModel planned = load_model<Qwen2_5_VLTextModel>(
-      encoder_folder(), {.device_map = "auto", .max_memory = {{"cpu", "150KB"}, {"disk", "1GB"}}, .activation_memory = "0"});
+      encoder_folder(),
+      {.device_map = "auto", .max_memory = {{"cpu", "150KB"}, {"disk", "1GB"}}, .activation_memory = "0"});
   EXPECT_EQ(planned->device_map().devices(), (std::vector<std::string>{"disk"}));
   EXPECT_TENSORS_CLOSE(planned->forward(ids, mask), expected, kParityTolerance);
 }

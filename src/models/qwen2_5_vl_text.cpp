@@ -169,7 +169,8 @@ Qwen2_5_VLMLPImpl::Qwen2_5_VLMLPImpl(const Qwen2_5_VLTextConfig& config, const a
 }
 
 at::Tensor Qwen2_5_VLMLPImpl::forward(const at::Tensor& hidden_states) {
-  return down_proj->forward(activation(gate_proj->forward(hidden_states), hidden_act) * up_proj->forward(hidden_states));
+  const at::Tensor gate = activation(gate_proj->forward(hidden_states), hidden_act);
+  return down_proj->forward(gate * up_proj->forward(hidden_states));
 }
 
 Qwen2_5_VLDecoderLayerImpl::Qwen2_5_VLDecoderLayerImpl(const Qwen2_5_VLTextConfig& config,
@@ -219,12 +220,13 @@ at::Tensor Qwen2_5_VLTextModelImpl::forward(const at::Tensor& input_ids, const a
     throw Error(what + "input_ids must be [batch, tokens], got " +
                 (input_ids.defined() ? shape_text(input_ids.sizes()) : std::string("no tensor")));
   if (c10::isFloatingType(input_ids.scalar_type()) || input_ids.scalar_type() == at::kBool)
-    throw Error(what + "input_ids must be integer token ids, got " + std::string(c10::toString(input_ids.scalar_type())));
+    throw Error(what + "input_ids must be integer token ids, got " +
+                std::string(c10::toString(input_ids.scalar_type())));
   if (input_ids.numel() > 0) {
     const int64_t low = input_ids.min().item<int64_t>(), high = input_ids.max().item<int64_t>();
     if (low < 0 || high >= config_.vocab_size)
-      throw Error(what + "input id " + std::to_string(low < 0 ? low : high) + " is outside the vocabulary (vocab_size " +
-                  std::to_string(config_.vocab_size) + ")");
+      throw Error(what + "input id " + std::to_string(low < 0 ? low : high) +
+                  " is outside the vocabulary (vocab_size " + std::to_string(config_.vocab_size) + ")");
   }
   if (attention_mask.defined() && attention_mask.sizes() != input_ids.sizes())
     throw Error(what + "attention_mask has shape " + shape_text(attention_mask.sizes()) + ", input_ids " +
@@ -257,7 +259,8 @@ uint64_t Qwen2_5_VLTextModelImpl::activation_estimate() const {
   // QwenImagePipeline's longest prompt: max_sequence_length 1024 plus the 34 tokens of its template.
   const uint64_t tokens = static_cast<uint64_t>(std::min<int64_t>(config_.max_position_embeddings, 1024 + 34));
   const auto& c = config_;
-  const uint64_t per_token = static_cast<uint64_t>(3 * c.intermediate_size + 6 * c.hidden_size) * weight_element_bytes(*this);
+  const uint64_t per_token =
+      static_cast<uint64_t>(3 * c.intermediate_size + 6 * c.hidden_size) * weight_element_bytes(*this);
   // The math path's float32 scores, one [tokens, tokens] per head.
   const uint64_t scores = static_cast<uint64_t>(c.num_attention_heads) * tokens * tokens * 4;
   return tokens * per_token + scores;
