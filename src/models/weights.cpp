@@ -46,6 +46,12 @@ bool keeps_float32(const std::string& name, const std::vector<std::string>& part
   return false;
 }
 
+bool has_ignored_prefix(const std::string& name, const std::vector<std::string>& prefixes) {
+  for (const auto& prefix : prefixes)
+    if (name.rfind(prefix, 0) == 0) return true;
+  return false;
+}
+
 void load_weights(torch::nn::Module& module, const Checkpoint& checkpoint, const WeightLoadOptions& options) {
   auto targets = named_tensors(module);
   std::vector<std::string> missing, mismatched, unexpected;
@@ -62,7 +68,7 @@ void load_weights(torch::nn::Module& module, const Checkpoint& checkpoint, const
                            shape_text(tensor.sizes()) + ")");
   }
   for (const auto& info : checkpoint.tensors()) {
-    if (consumed.count(info.name)) continue;
+    if (consumed.count(info.name) || has_ignored_prefix(info.name, options.ignored_prefixes)) continue;
     auto alias = options.tied_aliases.find(info.name);
     if (alias != options.tied_aliases.end() && consumed.count(alias->second)) continue;
     unexpected.push_back(info.name);

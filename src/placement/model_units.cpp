@@ -65,9 +65,11 @@ uint64_t activation_estimate(const torch::nn::Module& model) { return placeable(
 
 uint64_t checkpoint_bytes(const Checkpoint& checkpoint, c10::ScalarType dtype,
                           const std::vector<std::string>& keep_in_float32,
-                          const std::map<std::string, std::string>& tied_aliases) {
+                          const std::map<std::string, std::string>& tied_aliases,
+                          const std::vector<std::string>& ignored_prefixes) {
   uint64_t total = 0;
   for (const TensorInfo& info : checkpoint.tensors()) {
+    if (has_ignored_prefix(info.name, ignored_prefixes)) continue;
     auto alias = tied_aliases.find(info.name);
     if (alias != tied_aliases.end() && checkpoint.contains(alias->second)) continue;
     const c10::ScalarType stored = safetensors_scalar_type(info.dtype);

@@ -26,6 +26,10 @@ struct WeightLoadOptions {
   // Checkpoint names that are copies of a tied weight the module holds once, e.g. T5's
   // "encoder.embed_tokens.weight" -> "shared.weight". Such a name may be present or absent.
   std::map<std::string, std::string> tied_aliases;
+  // Checkpoint names starting with one of these belong to parts of the saved model that this module
+  // does not implement (Qwen2.5-VL's "visual." tower and "lm_head." when only its language model runs):
+  // they are never read, and not reported as unexpected.
+  std::vector<std::string> ignored_prefixes;
   // Parameters whose name contains one of these parts stay in float32 whatever `dtype` says
   // (transformers' _keep_in_fp32_modules, e.g. T5's "wo" under float16).
   std::vector<std::string> keep_in_float32;
@@ -37,6 +41,9 @@ struct WeightLoadOptions {
 // Whether `name` (a dotted parameter name) has one of `parts` as a whole component: "wo" matches
 // "encoder.block.0.layer.1.DenseReluDense.wo.weight", not "...wo_1...".
 bool keeps_float32(const std::string& name, const std::vector<std::string>& parts);
+
+// Whether `name` starts with one of `prefixes` (WeightLoadOptions::ignored_prefixes).
+bool has_ignored_prefix(const std::string& name, const std::vector<std::string>& prefixes);
 
 // Replaces every parameter and buffer of `module` with the checkpoint's tensor of the same name,
 // converted and moved as `options` say. Throws diffuse::Error listing missing names, unexpected names

@@ -47,7 +47,8 @@ ComponentClass model_component_class() {
   };
   c.weight_bytes = [](const std::filesystem::path& folder, c10::ScalarType dtype) {
     const WeightLoadOptions weights = model_weight_load_options<Model>(dtype);
-    return checkpoint_bytes(Checkpoint::open(folder), dtype, weights.keep_in_float32, weights.tied_aliases);
+    return checkpoint_bytes(Checkpoint::open(folder), dtype, weights.keep_in_float32, weights.tied_aliases,
+                            weights.ignored_prefixes);
   };
   return c;
 }

@@ -40,9 +40,11 @@ uint64_t activation_estimate(const torch::nn::Module& model);
 
 // The bytes a checkpoint's weights take once loaded in `dtype` (floating-point tensors converted, those
 // named by keep_in_float32 in float32), read from the headers alone. Names in `tied_aliases` that are
-// copies of another stored tensor are not counted twice.
+// copies of another stored tensor are not counted twice; names starting with one of `ignored_prefixes`
+// (parts of the checkpoint the model does not load) are not counted.
 uint64_t checkpoint_bytes(const Checkpoint& checkpoint, c10::ScalarType dtype,
                           const std::vector<std::string>& keep_in_float32 = {},
-                          const std::map<std::string, std::string>& tied_aliases = {});
+                          const std::map<std::string, std::string>& tied_aliases = {},
+                          const std::vector<std::string>& ignored_prefixes = {});
 
 }  // namespace diffuse
