@@ -50,7 +50,7 @@ at::Tensor FluxAttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, c
   if (settings->mesh)
     return context_parallel_attention(q, k, v, *settings->mesh, scale,
                                       {.backend = settings->backend, .lengths = settings->mesh_lengths});
-  return attention(q, k, v, scale, settings->backend);
+  return attention(q, k, v, scale, settings->backend, settings->key_padding);
 }
 
 FluxAttentionOutput FluxAttentionImpl::forward(const at::Tensor& hidden_states,

@@ -18,6 +18,7 @@
 #include "diffuse/models/attention_backend.hpp"
 #include "diffuse/models/embeddings.hpp"
 #include "diffuse/models/feed_forward.hpp"
+#include "diffuse/models/key_padding.hpp"
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/normalization.hpp"
 
@@ -34,6 +35,8 @@ struct AttentionSettings {
   // Each mesh member's joint [text, image] shard length in the current call (the transformer knows
   // them, so no rank has to ask the others).
   std::vector<int64_t> mesh_lengths;
+  // Keys left out of the current call's attention (Qwen-Image's padded text); empty for FLUX.
+  KeyPadding key_padding;
 };
 
 // Both streams' attention outputs; encoder_hidden_states is undefined for the single-stream form.
