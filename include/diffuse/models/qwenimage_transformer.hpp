@@ -48,7 +48,8 @@ struct QwenImageTransformerInputs {
   at::Tensor timestep;
   // Per batch item, its images in token order, in packed-latent tokens: text-to-image passes one
   // (1, latent_height / 2, latent_width / 2) per item. Their tokens must add up to image_seq, and every
-  // item must have the same list (the rotary embedding is one for the batch, as in diffusers).
+  // item must have the same list: the rotary embedding is one for the batch (diffusers warns and uses
+  // the first item's, which is wrong for the others; here that is an error).
   std::vector<std::vector<QwenImageShape>> img_shapes;
 };
 
