@@ -42,14 +42,17 @@ FluxAttentionImpl::FluxAttentionImpl(int64_t dim, int64_t heads_, int64_t head_d
 }
 
 at::Tensor FluxAttentionImpl::split_heads(const at::Tensor& x, RMSNorm& norm) const {
-  return norm(x.view({x.size(0), x.size(1), -1, head_dim})).transpose(1, 2);
+  // The head count named, not -1: a rank of a context-parallel mesh may hold no tokens of a stream.
+  return norm(x.view({x.size(0), x.size(1), heads, head_dim})).transpose(1, 2);
 }
 
 at::Tensor FluxAttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   if (settings->mesh)
     return context_parallel_attention(q, k, v, *settings->mesh, scale,
-                                      {.backend = settings->backend, .lengths = settings->mesh_lengths});
+                                      {.backend = settings->backend,
+                                       .lengths = settings->mesh_lengths,
+                                       .key_padding = settings->key_padding});
   return attention(q, k, v, scale, settings->backend, settings->key_padding);
 }
 
@@ -64,13 +67,13 @@ FluxAttentionOutput FluxAttentionImpl::forward(const at::Tensor& hidden_states,
     return forward_fused(hidden_states, encoder_hidden_states, rotary);
   at::Tensor q = split_heads(to_q(hidden_states), norm_q);
   at::Tensor k = split_heads(to_k(hidden_states), norm_k);
-  at::Tensor v = to_v(hidden_states).view({hidden_states.size(0), hidden_states.size(1), -1, head_dim}).transpose(1, 2);
+  at::Tensor v = to_v(hidden_states).view({hidden_states.size(0), hidden_states.size(1), heads, head_dim}).transpose(1, 2);
   const int64_t text_len = dual ? encoder_hidden_states.size(1) : 0;
   if (dual) {
     const at::Tensor& e = encoder_hidden_states;
     q = at::cat({split_heads(add_q_proj(e), norm_added_q), q}, /*dim=*/2);
     k = at::cat({split_heads(add_k_proj(e), norm_added_k), k}, /*dim=*/2);
-    v = at::cat({add_v_proj(e).view({e.size(0), e.size(1), -1, head_dim}).transpose(1, 2), v}, /*dim=*/2);
+    v = at::cat({add_v_proj(e).view({e.size(0), e.size(1), heads, head_dim}).transpose(1, 2), v}, /*dim=*/2);
   }
   if (rotary.cos.size(0) != q.size(2))
     throw Error("FluxAttention: the rotary embedding has " + std::to_string(rotary.cos.size(0)) +
@@ -105,6 +108,7 @@ FluxAttentionOutput FluxAttentionImpl::forward_fused(const at::Tensor& hidden_st
   const at::Tensor k = at::empty_like(q), v = at::empty_like(q);
   auto project = [&](const at::Tensor& x, Linear& to_q_, Linear& to_k_, Linear& to_v_, RMSNorm& norm_q_,
                      RMSNorm& norm_k_, int64_t offset) {
+    if (x.size(1) == 0) return;  // a rank's empty shard of this stream (context parallelism)
     const at::Tensor phasor = rotary.phasor.narrow(0, offset, x.size(1));
     fused_qk_norm_rope(to_q_(x), *norm_q_, phasor, q, offset);
     fused_qk_norm_rope(to_k_(x), *norm_k_, phasor, k, offset);

@@ -4,6 +4,8 @@
 #include <string>
 
 #include "diffuse/error.hpp"
+#include "diffuse/parallel/context_parallel.hpp"
+#include "diffuse/parallel/sequence_shards.hpp"
 
 namespace diffuse {
 namespace {
@@ -20,6 +22,12 @@ std::string shapes_text(const std::vector<QwenImageShape>& shapes) {
     out += std::string(out.size() > 1 ? ", " : "") + "(" + std::to_string(s.frames) + ", " + std::to_string(s.height) +
            ", " + std::to_string(s.width) + ")";
   return out + "]";
+}
+
+// Shard `index` of the rows of a rotary embedding, as take_shard cuts the tokens they belong to.
+RotaryEmbedding take_rows(const RotaryEmbedding& rotary, int64_t parts, int64_t index) {
+  return {take_shard(rotary.cos, 0, parts, index), take_shard(rotary.sin, 0, parts, index),
+          take_shard(rotary.phasor, 0, parts, index)};
 }
 
 // Clears the attention's per-call state however the call ends.
@@ -99,14 +107,6 @@ void QwenImageTransformer2DModelImpl::check_inputs(const QwenImageTransformerInp
            "): the rotary embedding is one for the whole batch");
 }
 
-KeyPadding QwenImageTransformer2DModelImpl::key_padding(const QwenImageTransformerInputs& in) const {
-  const at::Tensor& mask = in.encoder_hidden_states_mask;
-  if (!mask.defined()) return {};
-  // diffusers' joint mask: the text mask, then every image token valid.
-  const at::Tensor text = mask.to(at::kCPU).to(at::kBool);
-  return KeyPadding(at::cat({text, at::ones({text.size(0), in.hidden_states.size(1)}, text.options())}, 1));
-}
-
 at::Tensor QwenImageTransformer2DModelImpl::forward(const at::Tensor& hidden_states,
                                                     const at::Tensor& encoder_hidden_states,
                                                     const at::Tensor& encoder_hidden_states_mask,
@@ -116,25 +116,70 @@ at::Tensor QwenImageTransformer2DModelImpl::forward(const at::Tensor& hidden_sta
                                             timestep, img_shapes});
 }
 
+void QwenImageTransformer2DModelImpl::enable_parallelism(const ContextParallelConfig& config,
+                                                         std::shared_ptr<Communicator> world) {
+  mesh_ = std::make_shared<const ContextParallelMesh>(std::move(world), config, config_.num_attention_heads);
+  attention_->mesh = mesh_->active() ? mesh_ : nullptr;
+}
+
+void QwenImageTransformer2DModelImpl::disable_parallelism() {
+  mesh_.reset();
+  attention_->mesh.reset();
+  attention_->mesh_lengths.clear();
+}
+
 at::Tensor QwenImageTransformer2DModelImpl::forward(const QwenImageTransformerInputs& in) {
   check_inputs(in);
   const ClearKeyPaddingAfter clear{*attention_};
-  attention_->key_padding = key_padding(in);
-  return forward_tokens(in);
+  const int64_t batch = in.hidden_states.size(0);
+  const int64_t image_len = in.hidden_states.size(1), text_len = in.encoder_hidden_states.size(1);
+  // The rotary rows of the whole sequence (text positions follow the full text length, as diffusers
+  // computes them before its _cp_plan splits them).
+  const QwenImageRotaryEmbedding rotary = qwenimage_rotary_embedding(
+      in.img_shapes.front(), text_len, config_.axes_dims_rope, in.hidden_states.device());
+  // diffusers' joint mask: the text mask, then every image token valid.
+  const at::Tensor text_mask =
+      in.encoder_hidden_states_mask.defined() ? in.encoder_hidden_states_mask.to(at::kCPU).to(at::kBool) : at::Tensor();
+  auto joint_mask = [&](const at::Tensor& text, int64_t image_tokens) {
+    return at::cat({text, at::ones({batch, image_tokens}, text.options())}, 1);
+  };
+
+  if (!mesh_ || !mesh_->active()) {
+    if (text_mask.defined()) attention_->key_padding = KeyPadding(joint_mask(text_mask, image_len));
+    return forward_tokens(in.hidden_states, in.encoder_hidden_states, in.timestep, joint_rotary_embedding(rotary));
+  }
+  // Each rank keeps one contiguous shard of the image tokens and one of the text tokens (any counts),
+  // with their rotary rows; attention is the only place tokens meet, and it sees every rank's keys
+  // (and, with padded text, every rank's part of the mask, in mesh-rank order).
+  const int64_t parts = mesh_->degree(), index = mesh_->rank();
+  const std::vector<int64_t> image_shards = shard_sizes(image_len, parts);
+  const std::vector<int64_t> text_shards = shard_sizes(text_len, parts);
+  attention_->mesh_lengths.clear();
+  std::vector<at::Tensor> mesh_mask;
+  for (int64_t i = 0; i < parts; ++i) {
+    const auto shard = static_cast<size_t>(i);
+    attention_->mesh_lengths.push_back(text_shards[shard] + image_shards[shard]);
+    if (text_mask.defined()) mesh_mask.push_back(joint_mask(take_shard(text_mask, 1, parts, i), image_shards[shard]));
+  }
+  if (text_mask.defined()) attention_->key_padding = KeyPadding(at::cat(mesh_mask, 1));
+  const RotaryEmbedding local_rotary = joint_rotary_embedding(
+      {.image = take_rows(rotary.image, parts, index), .text = take_rows(rotary.text, parts, index)});
+  const at::Tensor out = forward_tokens(take_shard(in.hidden_states, 1, parts, index),
+                                        take_shard(in.encoder_hidden_states, 1, parts, index), in.timestep,
+                                        local_rotary);
+  return mesh_->group().all_gather(out.contiguous(), 1, image_shards);
 }
 
-at::Tensor QwenImageTransformer2DModelImpl::forward_tokens(const QwenImageTransformerInputs& in) {
+at::Tensor QwenImageTransformer2DModelImpl::forward_tokens(const at::Tensor& image, const at::Tensor& text,
+                                                           const at::Tensor& t, const RotaryEmbedding& rotary) {
   // Each unit runs through forward_unit, so that a device map's hooks can place it (a plain call without).
-  const c10::ScalarType dtype = in.hidden_states.scalar_type();
-  at::Tensor hidden_states = forward_unit(*img_in, in.hidden_states);
+  const c10::ScalarType dtype = image.scalar_type();
+  at::Tensor hidden_states = forward_unit(*img_in, image);
   // As diffusers: t / 1000 is cast to the compute dtype, then its sinusoids are taken in float32.
-  const at::Tensor timestep = in.timestep.to(dtype);
+  const at::Tensor timestep = t.to(dtype);
   const at::Tensor temb = run_unit(
-      *time_text_embed, [&](const at::Tensor& t) { return time_text_embed->forward(t, dtype); }, timestep);
-  at::Tensor encoder_hidden_states = forward_unit(*txt_in, forward_unit(*txt_norm, in.encoder_hidden_states));
-  const RotaryEmbedding rotary = joint_rotary_embedding(
-      qwenimage_rotary_embedding(in.img_shapes.front(), encoder_hidden_states.size(1), config_.axes_dims_rope,
-                                 hidden_states.device()));
+      *time_text_embed, [&](const at::Tensor& step) { return time_text_embed->forward(step, dtype); }, timestep);
+  at::Tensor encoder_hidden_states = forward_unit(*txt_in, forward_unit(*txt_norm, text));
 
   for (const auto& block : *transformer_blocks) {
     QwenImageBlockOutput out = forward_unit(*block->as<QwenImageTransformerBlockImpl>(), hidden_states,

@@ -19,11 +19,13 @@ void merge_partial_attention(PartialAttention& total, const PartialAttention& pa
     return;
   }
   // new_lse = log(exp(a) + exp(b)); each side's output is weighted by exp(its lse - new_lse). A block
-  // with no keys (a rank whose shard is empty) has lse -inf and weight 0.
+  // with no keys (a rank whose shard is empty, or whose keys are all padding) has lse -inf and weight
+  // 0; where neither side has seen a key yet both weigh 0 (not exp(-inf + inf)).
   const at::Tensor part_lse = part.lse.to(at::kFloat);
   const at::Tensor merged_lse = at::logaddexp(total.lse, part_lse);
-  const at::Tensor total_weight = at::exp(total.lse - merged_lse).unsqueeze(-1);
-  const at::Tensor part_weight = at::exp(part_lse - merged_lse).unsqueeze(-1);
+  const at::Tensor reference = at::where(at::isneginf(merged_lse), at::zeros_like(merged_lse), merged_lse);
+  const at::Tensor total_weight = at::exp(total.lse - reference).unsqueeze(-1);
+  const at::Tensor part_weight = at::exp(part_lse - reference).unsqueeze(-1);
   at::Tensor merged = total.out.to(at::kFloat) * total_weight + part.out.to(at::kFloat) * part_weight;
   total.out = float32_out ? merged : merged.to(total.out.scalar_type());
   total.lse = merged_lse;

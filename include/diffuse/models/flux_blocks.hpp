@@ -35,7 +35,8 @@ struct AttentionSettings {
   // Each mesh member's joint [text, image] shard length in the current call (the transformer knows
   // them, so no rank has to ask the others).
   std::vector<int64_t> mesh_lengths;
-  // Keys left out of the current call's attention (Qwen-Image's padded text); empty for FLUX.
+  // Keys left out of the current call's attention (Qwen-Image's padded text); with a mesh, over every
+  // mesh member's keys in mesh-rank order (context_parallel.hpp). Empty for FLUX.
   KeyPadding key_padding;
 };
 

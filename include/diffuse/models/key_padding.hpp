@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <memory>
 #include <vector>
 
 #include "diffuse/models/attention_backend.hpp"
@@ -27,23 +28,22 @@ class KeyPadding {
   explicit KeyPadding(const at::Tensor& mask);
 
   // Whether some key of some batch item is padding (false: attention runs as without a mask).
-  bool any() const { return any_; }
-  int64_t batch() const { return mask_.defined() ? mask_.size(0) : 0; }
-  int64_t keys() const { return mask_.defined() ? mask_.size(1) : 0; }
+  bool any() const;
+  int64_t batch() const;
+  int64_t keys() const;
   // [batch, keys] bool on the CPU, or undefined for a default-constructed KeyPadding.
-  const at::Tensor& mask() const { return mask_; }
+  at::Tensor mask() const;
   // Keys [start, start + length) alone, e.g. one ring block's (a default-constructed one stays empty).
+  // Copies share what they work out, so a block asks the host for its part once per call, not per layer.
   KeyPadding narrow(int64_t start, int64_t length) const;
   // The indices of the keys batch item `item` attends to (int64 on the CPU); undefined when it keeps all.
-  const at::Tensor& kept(int64_t item) const { return kept_[static_cast<size_t>(item)]; }
-  // The same on `device`; the copy is kept, so that the blocks of one call copy them once.
+  at::Tensor kept(int64_t item) const;
+  // The same on `device` (the copy is kept, so the blocks of one call copy them once).
   at::Tensor kept_on(int64_t item, c10::Device device) const;
 
  private:
-  at::Tensor mask_;
-  std::vector<at::Tensor> kept_;
-  mutable std::vector<at::Tensor> kept_on_device_;  // the last device asked for
-  bool any_ = false;
+  struct State;
+  std::shared_ptr<State> state_;
 };
 
 // attention(q, k, v, scale, backend) (attention_backend.hpp) with the keys `padding` marks as padding

@@ -27,9 +27,13 @@
 #include "diffuse/models/qwenimage_blocks.hpp"
 #include "diffuse/models/qwenimage_rope.hpp"
 #include "diffuse/models/qwenimage_transformer_config.hpp"
+#include "diffuse/parallel/context_parallel_config.hpp"
 #include "diffuse/placement/placeable_model.hpp"
 
 namespace diffuse {
+
+class Communicator;         // diffuse/distributed/communicator.hpp
+class ContextParallelMesh;  // diffuse/parallel/context_parallel.hpp
 
 // One call's inputs, as QwenImagePipeline passes them to diffusers' forward. Floating-point inputs
 // should be in the model's dtype (hidden_states' dtype is the compute dtype) and on its device.
@@ -44,7 +48,8 @@ struct QwenImageTransformerInputs {
   at::Tensor timestep;
   // Per batch item, its images in token order, in packed-latent tokens: text-to-image passes one
   // (1, latent_height / 2, latent_width / 2) per item. Their tokens must add up to image_seq, and every
-  // item must have the same list (the rotary embedding is one for the batch, as in diffusers).
+  // item must have the same list: the rotary embedding is one for the batch (diffusers warns and uses
+  // the first item's, which is wrong for the others; here that is an error).
   std::vector<std::vector<QwenImageShape>> img_shapes;
 };
 
@@ -76,6 +81,18 @@ class QwenImageTransformer2DModelImpl : public torch::nn::Module, public Placeab
   void set_attention_backend(AttentionBackend backend) { attention_->backend = backend; }
   AttentionBackend attention_backend() const { return attention_->backend; }
 
+  // Context parallelism (diffusers' _cp_plan for this model): collective over `world` (every member
+  // calls it, with the same config). Then forward is collective too: every rank passes the same full
+  // inputs and keeps its shard of the image tokens, the text tokens, their rotary rows and the text mask
+  // (any token counts: uneven shards); attention goes through context_parallel_attention (ring,
+  // Ulysses or both) and every rank gets the whole output back (gathered over the mesh). Ranks beyond
+  // config.degree() compute alone. Throws diffuse::Error when the degrees do not fit the world or the
+  // Ulysses degree the heads.
+  void enable_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> world);
+  void disable_parallelism();
+  // The mesh in use, or null.
+  const std::shared_ptr<const ContextParallelMesh>& parallel_mesh() const { return mesh_; }
+
   QwenTimestepProjEmbeddings time_text_embed{nullptr};
   RMSNorm txt_norm{nullptr};
   Linear img_in{nullptr}, txt_in{nullptr};
@@ -85,12 +102,13 @@ class QwenImageTransformer2DModelImpl : public torch::nn::Module, public Placeab
 
  private:
   void check_inputs(const QwenImageTransformerInputs& inputs) const;
-  // The joint key padding ([text mask, image all valid]) of this call; empty without padding.
-  KeyPadding key_padding(const QwenImageTransformerInputs& inputs) const;
-  at::Tensor forward_tokens(const QwenImageTransformerInputs& inputs);
+  // forward on whatever tokens it is given (all of them, or this rank's shard), with their rotary rows.
+  at::Tensor forward_tokens(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
+                            const at::Tensor& timestep, const RotaryEmbedding& rotary);
   QwenImageTransformerConfig config_;
   // Shared by every block's attention.
   std::shared_ptr<AttentionSettings> attention_ = std::make_shared<AttentionSettings>();
+  std::shared_ptr<const ContextParallelMesh> mesh_;
 };
 TORCH_MODULE(QwenImageTransformer2DModel);
 

@@ -11,7 +11,7 @@
 //            convert_to_fp32).
 //   Unified: Ulysses inside the Ulysses group, then ring across the ring group on the head subset.
 // Attention needs no mask, so the order of tokens over ranks does not matter: any shard layout works
-// as long as each rank's rotary rows follow its own tokens.
+// as long as each rank's rotary rows follow its own tokens (and a key padding mask its own keys).
 
 #include <ATen/core/Tensor.h>
 
@@ -20,6 +20,7 @@
 
 #include "diffuse/distributed/communicator.hpp"
 #include "diffuse/models/attention_backend.hpp"
+#include "diffuse/models/key_padding.hpp"
 #include "diffuse/parallel/context_parallel_config.hpp"
 
 namespace diffuse {
@@ -59,6 +60,10 @@ struct ContextParallelAttentionOptions {
   // transformer does: they follow from shard_sizes). Empty: exchanged by one all-gather per call, which
   // also waits for the GPU; knowing them keeps the call free of host synchronization.
   std::vector<int64_t> lengths;
+  // Keys that are padding (Qwen-Image's padded text), over the keys of every mesh member in mesh-rank
+  // order: [batch, sum of the members' lengths]. Each K/V block is attended to with its own rows of it
+  // (Ulysses: its row of the mesh; ring: the block's owner). Empty: every key counts.
+  KeyPadding key_padding;
 };
 
 // q, k, v: [batch, heads, local_seq, head_dim], this rank's tokens (local_seq may differ between
