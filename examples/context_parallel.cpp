@@ -1,4 +1,5 @@
-// context_parallel: one image, its tokens split over the processes (one per GPU).
+// context_parallel: one image, its tokens split over the processes (one per GPU). Any family with a
+// transformer (FLUX.1, Qwen-Image), by the folder's model_index.json.
 //
 //   diffuse-launch --nproc-per-node 4 context_parallel --model DIR --prompt "a cat" --ulysses-degree 4 \
 //       --dtype bfloat16 --seed 0 --output cat.png
@@ -10,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -34,8 +36,8 @@ struct Arguments {
 Arguments parse(int argc, char** argv) {
   Arguments a;
   CLI::App app(
-      "Context-parallel generation of one image: start ring x ulysses processes (one per GPU) with\n"
-      "diffuse-launch or torchrun. Every process loads the pipeline and makes the same call; the transformer\n"
+      "Context-parallel generation of one image (FLUX.1 or Qwen-Image): start ring x ulysses processes (one\n"
+      "per GPU) with diffuse-launch or torchrun. Every process loads the pipeline and makes the same call; the transformer\n"
       "splits each image's tokens over the processes (Ulysses: all-to-all of heads; ring: K/V blocks passed\n"
       "around; both: unified on a ring x ulysses mesh). Rank 0 decodes and writes the image; it is the image\n"
       "one process would make (to rounding). A world larger than ring x ulysses leaves the extra ranks to\n"
@@ -44,8 +46,8 @@ Arguments parse(int argc, char** argv) {
   cli::init(app, "context_parallel --model DIR --prompt TEXT [--ring-degree R] [--ulysses-degree U] [options]");
   cli::add_model_options(app, a.model);
   cli::add_generation_options(app, a.generation,
-                              {Gen::Prompt, Gen::Size, Gen::Steps, Gen::Guidance, Gen::Seed,
-                               Gen::MaxSequenceLength, Gen::AttentionBackend});
+                              {Gen::Prompt, Gen::NegativePrompt, Gen::Size, Gen::Steps, Gen::Guidance,
+                               Gen::TrueCfgScale, Gen::Seed, Gen::MaxSequenceLength, Gen::AttentionBackend});
   app.get_option("--prompt")->description("the prompt (one)")->required();
   app.get_option("--seed")->description("CPU generator seed (default: rank 0's random seed, shared)");
   cli::add_int(app, "--ring-degree", a.ring_degree, "ranks in the ring", {.min = 1, .max = 65536})->group("Parallelism");
@@ -80,7 +82,7 @@ int main(int argc, char** argv) {
     if (!args.model.device.empty()) dist_options.device = args.model.device;
     diffuse::Distributed dist = diffuse::Distributed::init(dist_options);
 
-    diffuse::FluxPipelineOptions options;
+    diffuse::PipelineOptions options;
     const cli::GenerationOptions& generation = args.generation;
     options.dtype = diffuse::parse_dtype(args.model.dtype);
     options.device = dist.device().str();
@@ -91,13 +93,13 @@ int main(int argc, char** argv) {
       options.parallel_world = dist.shared_communicator();
     }
     const auto load_start = std::chrono::steady_clock::now();
-    diffuse::FluxPipeline pipe = diffuse::FluxPipeline::from_pretrained(args.model.model, options);
+    const std::unique_ptr<diffuse::DiffusionPipeline> pipe = diffuse::load_pipeline(args.model.model, options);
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
     diffuse::GenerateRequest request = generation.request();
     // One bar is enough: rank 0's.
     request.progress = !args.quiet && dist.rank() == 0 ? std::optional<bool>() : std::optional<bool>(false);
-    const diffuse::GenerateOutput out = pipe.generate(request);
+    const diffuse::GenerateOutput out = pipe->generate(request);
 
     if (!out.images.empty()) out.images.front().save_png(args.output);
     if (!args.quiet) {
@@ -105,7 +107,9 @@ int main(int argc, char** argv) {
                 << (options.parallel_config ? options.parallel_config->describe() : std::string("alone")) << ", load "
                 << load_seconds << " s, encode " << out.times.encode_seconds << " s, denoise "
                 << out.times.denoise_seconds << " s ("
-                << 1000 * out.times.denoise_seconds / static_cast<double>(generation.steps.value_or(28)) << " ms/step), decode "
+                << 1000 * out.times.denoise_seconds /
+                       static_cast<double>(generation.steps.value_or(pipe->info().default_steps))
+                << " ms/step), decode "
                 << out.times.decode_seconds << " s\n";
       if (!out.images.empty()) std::cerr << "wrote " << args.output << "\n";
     }

@@ -45,8 +45,8 @@ Arguments parse(int argc, char** argv) {
   cli::init(app, "data_parallel --model DIR (--prompt TEXT ... | --prompts-file FILE) [options]");
   cli::add_model_options(app, a.model);
   cli::add_generation_options(app, a.generation,
-                              {Gen::Prompt, Gen::NegativePrompt, Gen::Scheduler, Gen::Size, Gen::RoundSize, Gen::Steps, Gen::Guidance, Gen::Seed,
-                               Gen::MaxSequenceLength, Gen::ImagesPerPrompt});
+                              {Gen::Prompt, Gen::NegativePrompt, Gen::Scheduler, Gen::Size, Gen::RoundSize, Gen::Steps,
+                               Gen::Guidance, Gen::TrueCfgScale, Gen::Seed, Gen::MaxSequenceLength, Gen::ImagesPerPrompt});
   app.get_option("--prompt")->description("a prompt; repeat for more");
   app.get_option("--seed")->description("prompt G gets the CPU generator seed N + G (default: random)");
   app.get_option("--num-images-per-prompt")->description("images for each prompt; they are result_R_I_K.png");

@@ -57,9 +57,9 @@ Arguments parse(int argc, char** argv) {
   cli::init(app, "generate --model DIR --prompt TEXT [options]");
   cli::add_model_options(app, a.model);
   cli::add_generation_options(app, a.generation,
-                              {Gen::Prompt, Gen::Prompt2, Gen::NegativePrompt, Gen::Scheduler, Gen::Size, Gen::RoundSize, Gen::Steps, Gen::Guidance,
-                               Gen::Seed, Gen::MaxSequenceLength, Gen::ImagesPerPrompt, Gen::OutputType,
-                               Gen::Latents, Gen::SaveTensors});
+                              {Gen::Prompt, Gen::Prompt2, Gen::NegativePrompt, Gen::Scheduler, Gen::Size, Gen::RoundSize,
+                               Gen::Steps, Gen::Guidance, Gen::TrueCfgScale, Gen::Seed, Gen::MaxSequenceLength,
+                               Gen::ImagesPerPrompt, Gen::OutputType, Gen::Latents, Gen::SaveTensors});
   app.get_option("--prompt")->required();
   cli::add_text(app, "--output", a.output, "FILE", "PNG path; with several images, FILE's stem gets _0, _1, ...");
   app.option_defaults()->group("Placement");

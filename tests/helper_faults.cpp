@@ -8,7 +8,8 @@
 //
 //   helper_faults collective_loop FLOATS
 //       every rank all_gathers FLOATS floats per round, forever, printing "round N" after each; the
-//       test kills one rank while the others wait inside the collective.
+//       test kills one rank while the others wait inside the collective. On the CPU over Gloo, or with
+//       DIFFUSE_TEST_DEVICE=cuda on cuda:LOCAL_RANK over NCCL.
 //   helper_faults generate PIPELINE HEIGHT WIDTH
 //       one denoising step of the pipeline at that size; prints "ok HxW" or the error.
 //   helper_faults load PIPELINE
@@ -18,6 +19,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 
@@ -31,9 +33,12 @@ using namespace diffuse;
 namespace {
 
 int collective_loop(int64_t floats) {
-  Distributed dist = Distributed::init({.device = "cpu"});
+  // Gloo on the CPU; with DIFFUSE_TEST_DEVICE=cuda, NCCL on the GPU numbered LOCAL_RANK.
+  const char* test_device = std::getenv("DIFFUSE_TEST_DEVICE");
+  const bool cuda = test_device != nullptr && std::string(test_device).rfind("cuda", 0) == 0;
+  Distributed dist = Distributed::init({.device = cuda ? "cuda" : "cpu"});
   Communicator& comm = dist.communicator();
-  const at::Tensor mine = at::full({floats}, static_cast<float>(dist.rank()));
+  const at::Tensor mine = at::full({floats}, static_cast<float>(dist.rank()), at::TensorOptions().device(dist.device()));
   for (int64_t round = 1;; ++round) {
     const at::Tensor all = comm.all_gather(mine);
     // Every rank's block holds its rank: a check that the data moved, not only that nothing failed.

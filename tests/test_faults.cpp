@@ -23,12 +23,14 @@
 #include <thread>
 
 #include "diffuse/c_api.h"
+#include "diffuse/distributed/distributed.hpp"
 #include "diffuse/error.hpp"
 #include "diffuse/io/checkpoint.hpp"
 #include "diffuse/io/image.hpp"
 #include "diffuse/io/safetensors.hpp"
 #include "diffuse/log.hpp"
 #include "diffuse/pipelines/flux_pipeline.hpp"
+#include "diffuse/pipelines/random_pipeline.hpp"
 #include "diffuse/placement/device_memory.hpp"
 #include "support/multi_process.hpp"
 #include "support/test_support.hpp"
@@ -539,6 +541,39 @@ TEST(BadConfigs, AnAbsurdLayerCountIsRefusedBeforeTheModelIsBuilt) {
   EXPECT_LT(o.seconds, 30.0);  // wall clock of a whole process on a loaded 2-core machine; building the blocks takes minutes
 }
 
+// ==== components that do not belong together =======================================================
+
+// A tokenizer of another model makes ids past its encoder's embedding table: refused at load, naming
+// both folders and both sizes (once it was "index out of range in self", or on CUDA a device-side
+// assert that ended the process).
+TEST(MismatchedComponents, ATokenizerWithMoreIdsThanItsEncoderIsRefusedAtLoad) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  for (const std::string which : {"tokenizer", "tokenizer_2"}) {
+    const fs::path dir = test::temporary_folder("faults_vocabulary_" + which);
+    write_random_pipeline(dir, {.shape = "flux-tiny", .seed = 1});
+    // The fixture's tokenizers: CLIP-L's 49408 ids and a T5 of 1100, over the random encoders' few hundred.
+    fs::remove_all(dir / which);
+    fs::create_directory_symlink(test::tiny_flux_pipeline() / which, dir / which);
+    const std::string encoder = which == "tokenizer" ? "text_encoder" : "text_encoder_2";
+    FluxPipelineOptions options;
+    options.skip = {"transformer", "vae"};
+    EXPECT_ERROR_WITH_ALL(FluxPipeline::from_pretrained(dir, options), which + "/ produces ",
+                          encoder + "/ embeds only ", "(its vocab_size)", "does not belong to this text encoder");
+  }
+}
+
+TEST(MismatchedComponents, AnIdPastTheEmbeddingTableIsNamedBeforeTheLookup) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  FluxPipelineOptions options = only("text_encoder");
+  FluxPipeline pipe = FluxPipeline::from_pretrained(test::tiny_flux_pipeline(), options);
+  const int64_t rows = pipe.text_encoder()->config().vocab_size;
+  for (int64_t id : {rows, rows + 1000, int64_t{-1}}) {
+    const at::Tensor ids = at::tensor({int64_t{1}, id, int64_t{2}}, at::kLong).unsqueeze(0);
+    EXPECT_ERROR_WITH_ALL(pipe.text_encoder()->forward(ids), "token id " + std::to_string(id) + " is outside",
+                          std::to_string(rows) + " rows", "tokenizer of another model");
+  }
+}
+
 // ==== a rank that dies inside a collective ==========================================================
 
 namespace {
@@ -548,6 +583,13 @@ namespace {
 // others must fail with an error that names it, well before the distributed timeout (20 s).
 void kill_inside_a_collective(int victim, const std::string& words) {
   constexpr int kWorld = 3;
+  // The ranks' engine: Gloo on the CPU; NCCL with a GPU per rank under DIFFUSE_TEST_DEVICE=cuda.
+  if (test::test_device().is_cuda()) {
+    if (static_cast<int>(at::getNumGPUs()) < kWorld)
+      GTEST_SKIP() << kWorld << " ranks over NCCL need " << kWorld << " GPUs, " << at::getNumGPUs() << " seen";
+  } else if (!gloo_available()) {
+    GTEST_SKIP() << "this libtorch has no Gloo engine, which CPU ranks talk through";
+  }
   constexpr double kTimeout = 20;
   test::ProcessGroup group;
   test::start_ranks(group, helper(), kWorld, {"collective_loop", "1000000"},

@@ -73,8 +73,8 @@ void add_generation_options(CLI::App& app, GenerationOptions& options, const std
   }
   if (wanted(which, Gen::NegativePrompt)) {
     add_text_list(app, "--negative-prompt", options.negative_prompts, "TEXT",
-                  "what the image should not show (SD's classifier-free guidance); one for\n"
-                  "all prompts or one per prompt (default: none)");
+                  "what the image should not show (SD's classifier-free guidance, Qwen-Image's\n"
+                  "true CFG); one for all prompts or one per prompt (default: none)");
   }
   if (wanted(which, Gen::Scheduler)) {
     add_text(app, "--scheduler", options.scheduler, "NAME",
@@ -84,9 +84,9 @@ void add_generation_options(CLI::App& app, GenerationOptions& options, const std
              "(default: the folder's)");
   }
   if (wanted(which, Gen::Size)) {
-    const std::string model_size = "the family's: 1024 for FLUX.1, 512 for SD 1.5";
+    const std::string model_size = "the family's: 1024 for FLUX.1 and Qwen-Image, 512 for SD 1.5";
     add_int(app, "--height", options.height,
-            "image height, a multiple of 16 for FLUX.1, 8 for SD" + unless_set(options.height.has_value(), model_size),
+            "image height, a multiple of 16 for FLUX.1 and Qwen-Image, 8 for SD" + unless_set(options.height.has_value(), model_size),
             {.min = 0});
     add_int(app, "--width", options.width,
             "image width, as --height" + unless_set(options.width.has_value(), model_size), {.min = 0});
@@ -96,7 +96,8 @@ void add_generation_options(CLI::App& app, GenerationOptions& options, const std
   }
   if (wanted(which, Gen::Steps)) {
     add_int(app, "--steps", options.steps,
-            "denoising steps" + unless_set(options.steps.has_value(), "the family's: 28 for FLUX.1, 50 for SD"),
+            "denoising steps" +
+                unless_set(options.steps.has_value(), "the family's: 28 for FLUX.1, 50 for SD and Qwen-Image"),
             {.min = 1});
   }
   if (wanted(which, Gen::Guidance)) {
@@ -105,13 +106,22 @@ void add_generation_options(CLI::App& app, GenerationOptions& options, const std
                   unless_set(options.guidance.has_value(), "3.5 for FLUX.1, 7.5 for SD"),
               {.min = 0});
   }
+  if (wanted(which, Gen::TrueCfgScale)) {
+    add_float(app, "--true-cfg-scale", options.true_cfg_scale,
+              "Qwen-Image's true CFG: a second transformer call per step with the\n"
+              "negative prompt, on when above 1 and --negative-prompt is given" +
+                  unless_set(options.true_cfg_scale.has_value(), "4"),
+              {.min = 0});
+  }
   if (wanted(which, Gen::Seed)) {
     add_uint64(app, "--seed", options.seed,
                "seed of the CPU generator for the initial noise" + unless_set(options.seed.has_value(), "random"));
   }
   if (wanted(which, Gen::MaxSequenceLength)) {
     // The pipeline checks the upper bound, which is the text encoder's.
-    add_int(app, "--max-sequence-length", options.max_sequence_length, "T5 tokens, at most 512", {.min = 1});
+    add_int(app, "--max-sequence-length", options.max_sequence_length,
+            "text tokens: T5's for FLUX.1 (at most 512), Qwen-Image's after its\ntemplate (at most 1024)",
+            {.min = 1});
   }
   if (wanted(which, Gen::ImagesPerPrompt)) {
     add_int(app, "--num-images-per-prompt", options.num_images_per_prompt, "images for each prompt", {.min = 1});
@@ -124,7 +134,8 @@ void add_generation_options(CLI::App& app, GenerationOptions& options, const std
     add_text(app, "--latents", options.latents_file, "FILE",
              "initial latents: a safetensors file with a float32 tensor named \"latents\",\n"
              "as diffusers' latents= takes them: packed [batch, tokens, channels * 4] for\n"
-             "FLUX.1, [batch, 4, H/8, W/8] for SD (default: drawn from the seed)");
+             "FLUX.1 and Qwen-Image, [batch, 4, H/8, W/8] for SD (default: drawn from\n"
+             "the seed)");
   }
   if (wanted(which, Gen::SaveTensors)) {
     add_text(app, "--save-tensors", options.save_tensors, "FILE",
@@ -158,6 +169,7 @@ diffuse::GenerateRequest GenerationOptions::request() const {
   request.round_size = round_size;
   request.num_inference_steps = steps;
   request.guidance_scale = guidance;
+  request.true_cfg_scale = true_cfg_scale;
   request.seed = seed;
   request.max_sequence_length = max_sequence_length;
   request.num_images_per_prompt = num_images_per_prompt;

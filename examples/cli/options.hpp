@@ -61,6 +61,7 @@ enum class Gen {
   RoundSize,          // --round-size
   Steps,              // --steps N
   Guidance,           // --guidance X
+  TrueCfgScale,       // --true-cfg-scale X
   Seed,               // --seed N
   MaxSequenceLength,  // --max-sequence-length N
   ImagesPerPrompt,    // --num-images-per-prompt N
@@ -80,6 +81,7 @@ struct GenerationOptions {
   std::vector<std::string> negative_prompts;  // empty: none ("")
   std::optional<int64_t> steps;    // unset: the family's (28 for FLUX.1, 50 for SD)
   std::optional<double> guidance;  // unset: the family's (3.5 for FLUX.1, 7.5 for SD)
+  std::optional<double> true_cfg_scale;  // unset: Qwen-Image's (4)
   std::string scheduler;           // a scheduler class name or alias; empty: the folder's
   std::optional<uint64_t> seed;  // unset: a random seed
   int64_t max_sequence_length = 512;

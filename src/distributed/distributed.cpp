@@ -126,6 +126,8 @@ void ignore_sigpipe() {
 
 }  // namespace
 
+bool nccl_available() { return DIFFUSE_HAS_NCCL != 0; }
+
 Distributed Distributed::init(DistributedOptions options) {
   auto state = std::make_unique<State>();
   const auto rank_env = env("RANK");

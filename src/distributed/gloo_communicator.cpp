@@ -25,6 +25,10 @@
 #define DIFFUSE_HAS_GLOO 0
 #endif
 
+namespace diffuse {
+bool gloo_available() { return DIFFUSE_HAS_GLOO != 0; }
+}  // namespace diffuse
+
 namespace diffuse::distributed_detail {
 
 #if DIFFUSE_HAS_GLOO

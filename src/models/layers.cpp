@@ -105,7 +105,19 @@ EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim, cons
   weight = register_parameter("weight", at::empty({num_embeddings, embedding_dim}, options), false);
 }
 
-at::Tensor EmbeddingImpl::forward(const at::Tensor& indices) { return at::embedding(weight, indices); }
+at::Tensor EmbeddingImpl::forward(const at::Tensor& indices) {
+  // An id past the table is an index error on the CPU and a device-side assert that kills the process
+  // on CUDA; said here, it names the likely cause (a tokenizer of another model).
+  if (indices.numel() > 0) {
+    const int64_t rows = weight.size(0);
+    const int64_t low = indices.min().item<int64_t>(), high = indices.max().item<int64_t>();
+    if (low < 0 || high >= rows)
+      throw Error("token id " + std::to_string(low < 0 ? low : high) + " is outside the embedding table of " +
+                  std::to_string(rows) + " rows (ids must be in [0, " + std::to_string(rows - 1) +
+                  "]); was the text made by a tokenizer of another model?");
+  }
+  return at::embedding(weight, indices);
+}
 
 at::Tensor activation(const at::Tensor& input, const std::string& name) {
   if (name == "silu" || name == "swish") return at::silu(input);

@@ -4,11 +4,15 @@
 #include <mutex>
 
 #include "diffuse/models/autoencoder_kl.hpp"
+#include "diffuse/models/autoencoder_kl_qwenimage.hpp"
 #include "diffuse/models/clip_text_model.hpp"
 #include "diffuse/models/flux_transformer.hpp"
+#include "diffuse/models/qwen2_5_vl_text.hpp"
+#include "diffuse/models/qwenimage_transformer.hpp"
 #include "diffuse/models/t5_encoder.hpp"
 #include "diffuse/models/unet_2d_condition.hpp"
 #include "diffuse/tokenizers/clip_tokenizer.hpp"
+#include "diffuse/tokenizers/qwen2_tokenizer.hpp"
 #include "diffuse/tokenizers/t5_tokenizer.hpp"
 
 namespace diffuse {
@@ -28,10 +32,15 @@ Registry& registry() {
     r->classes["FluxTransformer2DModel"] = model_component_class<FluxTransformer2DModel>();
     r->classes["AutoencoderKL"] = model_component_class<AutoencoderKL>();
     r->classes["UNet2DConditionModel"] = model_component_class<UNet2DConditionModel>();
+    r->classes["Qwen2_5_VLForConditionalGeneration"] = model_component_class<Qwen2_5_VLTextModel>();
+    r->classes["QwenImageTransformer2DModel"] = model_component_class<QwenImageTransformer2DModel>();
+    r->classes["AutoencoderKLQwenImage"] = model_component_class<AutoencoderKLQwenImage>();
     r->classes["CLIPTokenizer"] = tokenizer_component_class<ClipTokenizer>();
     r->classes["CLIPTokenizerFast"] = tokenizer_component_class<ClipTokenizer>();
     r->classes["T5Tokenizer"] = tokenizer_component_class<T5Tokenizer>();
     r->classes["T5TokenizerFast"] = tokenizer_component_class<T5Tokenizer>();
+    r->classes["Qwen2Tokenizer"] = tokenizer_component_class<Qwen2Tokenizer>();
+    r->classes["Qwen2TokenizerFast"] = tokenizer_component_class<Qwen2Tokenizer>();
     return r;
   }();
   return *registry;

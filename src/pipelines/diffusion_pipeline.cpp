@@ -109,6 +109,26 @@ void DiffusionPipeline::load_components(const std::filesystem::path& folder, Pip
     const std::string device = device_map_.contains(c.name) ? device_map_.at(c.name) : device_.str();
     components_.set(c.name, class_of(c.name).load(component_folder(c.name), {.dtype = dtype_, .device = device}));
   }
+
+  // A tokenizer of another model feeds ids past its encoder's embedding table: say so now, naming both,
+  // rather than at the first prompt (on CUDA a device-side assert that ends the process).
+  for (const auto& [tokenizer, encoder] : spec_.tokenizer_encoders) {
+    if (!has(tokenizer) || !has(encoder)) continue;
+    const ComponentClass& tokenizer_class = class_of(tokenizer);
+    const ComponentClass& encoder_class = class_of(encoder);
+    if (!tokenizer_class.vocab_size || !encoder_class.vocab_size) continue;
+    int64_t ids = 0, rows = 0;
+    try {
+      ids = tokenizer_class.vocab_size(components_.at(tokenizer));
+      rows = encoder_class.vocab_size(components_.at(encoder));
+    } catch (const Error&) {
+      continue;  // a component given in options of another class than model_index.json names
+    }
+    if (ids > rows)
+      throw Error(folder.string() + ": " + tokenizer + "/ produces " + std::to_string(ids) + " token ids but " + encoder +
+                  "/ embeds only " + std::to_string(rows) + " (its vocab_size); the tokenizer does not belong to "
+                  "this text encoder");
+  }
 }
 
 std::filesystem::path DiffusionPipeline::component_folder(const std::string& name) const {

@@ -40,6 +40,7 @@ const PipelineSpec& FluxPipeline::pipeline_spec() {
                      {"transformer", {"FluxTransformer2DModel"}},
                      {"vae", {"AutoencoderKL"}}},
       .model_cpu_offload_seq = {"text_encoder", "text_encoder_2", "transformer", "vae"},
+      .tokenizer_encoders = {{"tokenizer", "text_encoder"}, {"tokenizer_2", "text_encoder_2"}},
   };
   return spec;
 }
@@ -272,6 +273,8 @@ GenerateOutput FluxPipeline::generate(const GenerateRequest& request) {
     throw Error("prompt_embeds and pooled_prompt_embeds go together: give both");
   if (!request.negative_prompt.empty() || request.negative_prompt_embeds.defined())
     throw Error("FluxPipeline takes no negative prompt (FLUX.1-dev's guidance is distilled into the model)");
+  if (request.true_cfg_scale || request.prompt_embeds_mask.defined() || request.negative_prompt_embeds_mask.defined())
+    throw Error("FluxPipeline takes no true_cfg_scale or prompt embedding masks (those are Qwen-Image's)");
   // Each side a multiple of vae_scale_factor * 2: the latents are packed in 2x2 patches.
   const int64_t multiple = vae_scale_factor_ * 2;
   const int64_t height =

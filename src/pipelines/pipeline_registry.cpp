@@ -5,6 +5,7 @@
 
 #include "diffuse/error.hpp"
 #include "diffuse/pipelines/flux_pipeline.hpp"
+#include "diffuse/pipelines/qwenimage_pipeline.hpp"
 #include "diffuse/pipelines/stable_diffusion_pipeline.hpp"
 
 namespace diffuse {
@@ -28,6 +29,7 @@ Registry& registry() {
     // The built-in families, one line each.
     r->families["FluxPipeline"] = factory_of<FluxPipeline>();
     r->families["StableDiffusionPipeline"] = factory_of<StableDiffusionPipeline>();
+    r->families["QwenImagePipeline"] = factory_of<QwenImagePipeline>();
     return r;
   }();
   return *registry;

@@ -196,13 +196,48 @@ void write_t5_tokenizer(const fs::path& folder, T5Config& config) {
   for (char c = '!'; c <= '~'; ++c) model.pieces.push_back({std::string(1, c), -10.0f, SentencePieceModel::PieceType::Normal});
   const std::string serialized = model.serialize();
   write_file_atomically(folder / "spiece.model", [&](std::ostream& out) { out << serialized; });
-  config.vocab_size = static_cast<int64_t>(model.pieces.size()) + 100;  // + transformers' 100 <extra_id_N>
+  const int64_t pieces = static_cast<int64_t>(model.pieces.size());
+  config.vocab_size = pieces + 100;  // + transformers' 100 <extra_id_N>
   write_json(folder / "tokenizer_config.json", {{"tokenizer_class", "T5Tokenizer"},
                                                 {"eos_token", "</s>"},
                                                 {"pad_token", "<pad>"},
                                                 {"unk_token", "<unk>"},
                                                 {"extra_ids", 100},
                                                 {"model_max_length", 512}});
+
+  // The same model as the `tokenizers` library's JSON, which transformers' fast T5 tokenizer reads as it
+  // is (converting spiece.model itself needs a precompiled_charsmap, which this model has none of).
+  // Without a charsmap SentencePiece normalizes nothing, and runs of spaces vanish in the whitespace
+  // split either way, so both files give the same ids.
+  json vocab = json::array();
+  for (const auto& piece : model.pieces) vocab.push_back({piece.text, piece.score});
+  auto special = [](int64_t id, const std::string& content) {
+    return json{{"id", id},           {"content", content}, {"single_word", false}, {"lstrip", false},
+                {"rstrip", false},     {"normalized", false}, {"special", true}};
+  };
+  json added = json::array({special(0, "<pad>"), special(1, "</s>"), special(2, "<unk>")});
+  // transformers numbers the extra ids downwards: <extra_id_99> comes first, right after the pieces.
+  for (int64_t i = 0; i < 100; ++i) added.push_back(special(pieces + i, "<extra_id_" + std::to_string(99 - i) + ">"));
+  json space_runs = {{"type", "Replace"}, {"pattern", {{"Regex", " {2,}"}}}, {"content", " "}};
+  json metaspace = {{"type", "Metaspace"}, {"replacement", word_start}, {"prepend_scheme", "always"}, {"split", true}};
+  json eos_template = {{"SpecialToken", {{"id", "</s>"}, {"type_id", 0}}}};
+  json sequence_a = {{"Sequence", {{"id", "A"}, {"type_id", 0}}}};
+  json sequence_b = {{"Sequence", {{"id", "B"}, {"type_id", 0}}}};
+  write_json(folder / "tokenizer.json",
+             {{"version", "1.0"},
+              {"truncation", nullptr},
+              {"padding", nullptr},
+              {"added_tokens", added},
+              {"normalizer", {{"type", "Sequence"}, {"normalizers", json::array({space_runs})}}},
+              {"pre_tokenizer",
+               {{"type", "Sequence"}, {"pretokenizers", json::array({{{"type", "WhitespaceSplit"}}, metaspace})}}},
+              {"post_processor",
+               {{"type", "TemplateProcessing"},
+                {"single", json::array({sequence_a, eos_template})},
+                {"pair", json::array({sequence_a, eos_template, sequence_b, eos_template})},
+                {"special_tokens", {{"</s>", {{"id", "</s>"}, {"ids", {1}}, {"tokens", {"</s>"}}}}}}}},
+              {"decoder", metaspace},
+              {"model", {{"type", "Unigram"}, {"unk_id", 2}, {"vocab", vocab}, {"byte_fallback", false}}}});
 }
 
 void copy_folder(const fs::path& from, const fs::path& to) {

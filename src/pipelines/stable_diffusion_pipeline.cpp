@@ -42,6 +42,7 @@ const PipelineSpec& StableDiffusionPipeline::pipeline_spec() {
                      {"unet", {"UNet2DConditionModel"}},
                      {"vae", {"AutoencoderKL"}}},
       .model_cpu_offload_seq = {"text_encoder", "unet", "vae"},
+      .tokenizer_encoders = {{"tokenizer", "text_encoder"}},
   };
   return spec;
 }
@@ -163,6 +164,9 @@ GenerateOutput StableDiffusionPipeline::generate(const GenerateRequest& request)
   if (request.sigmas) throw Error("StableDiffusionPipeline takes no sigmas (its scheduler sets the schedule)");
   if (!request.prompt_2.empty() || request.pooled_prompt_embeds.defined())
     throw Error("StableDiffusionPipeline takes no prompt_2 or pooled_prompt_embeds (those are FLUX.1's)");
+  if (request.true_cfg_scale || request.prompt_embeds_mask.defined() || request.negative_prompt_embeds_mask.defined())
+    throw Error("StableDiffusionPipeline takes no true_cfg_scale or prompt embedding masks (those are Qwen-Image's; "
+                "SD's classifier-free guidance is guidance_scale)");
   const ClassifierFreeGuidance guidance{request.guidance_scale.value_or(kDefaultGuidance)};
   const int64_t default_size = unet_config_.sample_size * vae_scale_factor_;
   const int64_t height = checked_image_size(request.height, default_size, vae_scale_factor_, request.round_size, "height");

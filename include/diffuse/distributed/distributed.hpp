@@ -39,6 +39,12 @@ struct DistributedOptions {
   std::optional<std::chrono::milliseconds> timeout;
 };
 
+// Which communication engines this build has: Gloo (CPU tensors; absent when the libtorch it was
+// built against ships no Gloo headers, as the CUDA wheels do) and NCCL (CUDA tensors; needs CUDA
+// libtorch and NCCL at build time).
+bool gloo_available();
+bool nccl_available();
+
 class Distributed {
  public:
   // Reads the environment, meets every rank (all must call it) and returns this process's view.

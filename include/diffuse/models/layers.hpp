@@ -69,6 +69,7 @@ TORCH_MODULE(Conv2d);
 class EmbeddingImpl : public torch::nn::Module {
  public:
   EmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim, const at::TensorOptions& options);
+  // Throws diffuse::Error for an index outside [0, num_embeddings) before looking anything up.
   at::Tensor forward(const at::Tensor& indices);
   at::Tensor weight;  // [num_embeddings, embedding_dim]
 };

@@ -29,6 +29,9 @@ struct ComponentClass {
   // Models: the bytes their weights take once loaded in `dtype`, from the safetensors headers alone
   // (what device_map "balanced" deals out).
   std::function<uint64_t(const std::filesystem::path& folder, c10::ScalarType dtype)> weight_bytes;
+  // Tokenizers: how many ids they produce (the largest + 1); text encoders: how many their token
+  // embedding holds. Unset for the others. The pipeline checks each tokenizer against its encoder.
+  std::function<int64_t(const Component& component)> vocab_size;
 };
 
 // Adds or replaces a class.
@@ -50,6 +53,12 @@ ComponentClass model_component_class() {
     return checkpoint_bytes(Checkpoint::open(folder), dtype, weights.keep_in_float32, weights.tied_aliases,
                             weights.ignored_prefixes);
   };
+  using Impl = typename Model::ContainedType;
+  if constexpr (requires(const Impl& m) { m.config().vocab_size; }) {
+    c.vocab_size = [](const Component& component) {
+      return static_cast<int64_t>(component.model<Model>("text encoder")->config().vocab_size);
+    };
+  }
   return c;
 }
 
@@ -61,6 +70,7 @@ ComponentClass tokenizer_component_class() {
   c.load = [](const std::filesystem::path& folder, const ModelLoadOptions&) {
     return Component::of(std::make_shared<Tokenizer>(Tokenizer::from_pretrained(folder)));
   };
+  c.vocab_size = [](const Component& component) { return component.object<Tokenizer>("tokenizer")->vocab_size(); };
   return c;
 }
 

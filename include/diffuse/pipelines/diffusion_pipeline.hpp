@@ -69,6 +69,9 @@ struct PipelineSpec {
   std::string class_name;                           // "StableDiffusionPipeline"
   std::vector<ComponentSpec> components;            // every one must be in model_index.json
   std::vector<std::string> model_cpu_offload_seq;   // model components, in the order a call runs them
+  // Which tokenizer feeds which text encoder ({"tokenizer", "text_encoder"}): checked at load, so that
+  // a tokenizer with more ids than its encoder's vocabulary is an error naming both.
+  std::vector<std::pair<std::string, std::string>> tokenizer_encoders;
 };
 
 class DiffusionPipeline {

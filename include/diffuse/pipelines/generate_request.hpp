@@ -39,8 +39,13 @@ struct PromptEmbeddings {
   // FLUX.1: T5's sequence [B, max_sequence_length, joint_attention_dim].
   // SD: CLIP's last_hidden_state [B, 77, cross_attention_dim].
   at::Tensor prompt_embeds;
-  // SD under classifier-free guidance: the negative prompts' (or "") embeddings, as prompt_embeds.
+  // SD under classifier-free guidance, Qwen-Image under true CFG: the negative prompts' (or "")
+  // embeddings, as prompt_embeds.
   at::Tensor negative_prompt_embeds;
+  // Qwen-Image: [B, L] int64, 1 where a token is valid (prompts differ in length); undefined when every
+  // position is valid, as diffusers passes None then.
+  at::Tensor prompt_embeds_mask;
+  at::Tensor negative_prompt_embeds_mask;
   at::Tensor pooled_prompt_embeds;  // FLUX.1: CLIP pooled [B, pooled_projection_dim]
   at::Tensor text_ids;              // FLUX.1: zeros [max_sequence_length, 3]
 };
@@ -51,9 +56,10 @@ struct EncodeRequest {
   // SD: the negative prompts, one per prompt or one for all; empty means "" (encoded only under
   // classifier-free guidance).
   PromptList negative_prompt;
-  bool do_classifier_free_guidance = false;  // SD: also encode the negative prompts
+  bool do_classifier_free_guidance = false;  // SD, Qwen-Image: also encode the negative prompts
   int64_t num_images_per_prompt = 1;
-  int64_t max_sequence_length = 512;  // FLUX.1: T5 tokens
+  // FLUX.1: T5 tokens (at most 512); Qwen-Image: text tokens after the template (at most 1024).
+  int64_t max_sequence_length = 512;
 };
 
 enum class OutputType {
@@ -78,13 +84,17 @@ struct GenerateRequest {
   PromptList prompt;
   PromptList prompt_2;  // FLUX.1: to T5; empty means the same as prompt
   // SD: what the image should not show (classifier-free guidance's unconditional half); one per prompt
-  // or one for all; empty means "".
+  // or one for all; empty means "". Qwen-Image: the same for true CFG, which runs only when one is
+  // given (empty means none; "" is a negative prompt).
   PromptList negative_prompt;
   // Instead of prompts: embeddings from encode_prompt. FLUX.1 needs prompt_embeds and
-  // pooled_prompt_embeds; SD prompt_embeds, and negative_prompt_embeds under guidance (else "" is encoded).
+  // pooled_prompt_embeds; SD prompt_embeds, and negative_prompt_embeds under guidance (else "" is encoded);
+  // Qwen-Image prompt_embeds with prompt_embeds_mask where rows are padded (and the negative pair).
   at::Tensor prompt_embeds;
   at::Tensor pooled_prompt_embeds;
   at::Tensor negative_prompt_embeds;
+  at::Tensor prompt_embeds_mask;           // Qwen-Image: [B, L] int64, 1 = valid; undefined: all valid
+  at::Tensor negative_prompt_embeds_mask;  // Qwen-Image
   int64_t num_images_per_prompt = 1;
   // Default: the family's (1024 for FLUX.1, 512 for SD 1.5: unet sample_size * vae_scale_factor).
   // Each must be a multiple of the family's factor (16 for FLUX.1, 8 for SD), unless round_size is set:
@@ -95,8 +105,12 @@ struct GenerateRequest {
   // Default: the family's (28 for FLUX.1, 50 for SD).
   std::optional<int64_t> num_inference_steps;
   // The family's guidance scale (default 3.5 for FLUX.1's distilled guidance, 7.5 for SD's
-  // classifier-free guidance, which runs when it is above 1).
+  // classifier-free guidance, which runs when it is above 1; Qwen-Image: only for guidance-distilled
+  // transformers).
   std::optional<double> guidance_scale;
+  // Qwen-Image's true CFG: neg + scale * (cond - neg), rescaled to the conditional prediction's norm,
+  // from two transformer calls per step; runs when above 1 and a negative prompt is given. Default 4.
+  std::optional<double> true_cfg_scale;
   std::optional<std::vector<double>> sigmas;  // FLUX.1: custom schedule; default linspace(1, 1/steps, steps)
   // Initial noise: `latents` if given (as diffusers' `latents=` takes them: packed [B, S, C*4] for
   // FLUX.1, [B, 4, H/8, W/8] for SD), else drawn from `generator`, else from a CPU generator seeded
@@ -105,7 +119,8 @@ struct GenerateRequest {
   std::optional<uint64_t> seed;
   std::optional<at::Generator> generator;
   at::Tensor latents;
-  int64_t max_sequence_length = 512;  // FLUX.1: T5 tokens
+  // FLUX.1: T5 tokens (at most 512); Qwen-Image: text tokens after the template (at most 1024).
+  int64_t max_sequence_length = 512;
   OutputType output_type = OutputType::Image;
   StepCallback callback;
   std::optional<bool> progress;  // a progress bar on stderr; default: when stderr is a terminal
@@ -130,13 +145,13 @@ struct GenerateOutput {
 
 // What a loaded pipeline's calls look like, for programs and the C API.
 struct PipelineInfo {
-  std::string class_name;          // "FluxPipeline", "StableDiffusionPipeline"
+  std::string class_name;          // "FluxPipeline", "StableDiffusionPipeline", "QwenImagePipeline"
   int64_t vae_scale_factor = 8;
   int64_t size_multiple = 8;       // height and width must be multiples of it
   int64_t default_height = 512;
   int64_t default_width = 512;
   int64_t default_steps = 50;
-  double default_guidance_scale = 7.5;
+  double default_guidance_scale = 7.5;  // Qwen-Image: its true_cfg_scale's default
   int64_t num_channels_latents = 4;
   bool packed_latents = false;     // FLUX.1 packs 2x2 patches into tokens
   bool uses_negative_prompt = false;
