@@ -1,9 +1,11 @@
-// device_map: every placement feature of diffuse on one pipeline folder, with each map printed.
+// device_map: every placement feature of diffuse on one pipeline folder of any family diffuse runs
+// (FLUX.1, Stable Diffusion, Qwen-Image: model_index.json says which, and names the components), with
+// each map printed. The denoiser is the folder's "transformer" or "unet".
 //   1. Plans from safetensors headers and configs alone (nothing loaded): the pipeline's "balanced"
-//      map, the transformer's "auto", "balanced_low_0" and "sequential" maps within --max-memory, and
+//      map, the denoiser's "auto", "balanced_low_0" and "sequential" maps within --max-memory, and
 //      the error an impossible budget gives.
 //   2. The flow of diffusers' distributed-inference guide: the text encoders "balanced" over the GPUs,
-//      the transformer "auto" over them, the VAE on one; the peak memory of every GPU in each stage.
+//      the denoiser "auto" over them, the VAE on one; the peak memory of every GPU in each stage.
 //   3. The same call on one device, compared with 2.
 //   4. enable_model_cpu_offload and enable_sequential_cpu_offload on that pipeline, compared with 3.
 //
@@ -12,8 +14,9 @@
 //              [--tolerance X] [--skip-offload]
 //
 // Without a GPU the defaults are cpu=1MB,disk=1GB and no room kept for activations, so that a small
-// pipeline's transformer (the tiny-flux fixture) is split between CPU memory and disk. Exits 1 when an output differs from the one-device run by more than
-// --tolerance, or a GPU's peak memory exceeds its budget.
+// pipeline's denoiser (the tiny fixtures') is split between CPU memory and disk. Exits 1 when an
+// output differs from the one-device run by more than --tolerance, or a GPU's peak memory exceeds its
+// budget.
 
 #include <chrono>
 #include <cstdlib>
@@ -25,8 +28,11 @@
 
 #include "cli/options.hpp"
 #include "diffuse/diffuse.hpp"
+#include "diffuse/pipelines/component_registry.hpp"
+#include "diffuse/pipelines/staged_call.hpp"
 #include "diffuse/placement/device_memory.hpp"
 #include "diffuse/placement/model_units.hpp"
+#include "diffuse/placement/module_hooks.hpp"
 #include "diffuse/placement/planner.hpp"
 
 using namespace diffuse;
@@ -63,9 +69,12 @@ struct Arguments {
 Arguments parse(int argc, char** argv) {
   Arguments a;
   CLI::App app(
-      "Shows diffuse's placement on a FLUX.1 pipeline folder: planned maps, the multi-GPU flow of\n"
-      "diffusers' distributed-inference guide with its peak memory per GPU, the same call on one\n"
-      "device, and model / sequential CPU offload, each compared with the one-device output.\n"
+      "Shows diffuse's placement on a pipeline folder of any family diffuse runs (FluxPipeline,\n"
+      "StableDiffusionPipeline, QwenImagePipeline, as its model_index.json says): planned maps, the\n"
+      "multi-GPU flow of diffusers' distributed-inference guide with its peak memory per GPU (text\n"
+      "encoders \"balanced\", the denoiser - transformer or unet - \"auto\", the VAE on one device), the\n"
+      "same call on one device, and model / sequential CPU offload, each compared with the one-device\n"
+      "output.\n"
       "Exits 1 when an output differs from the one-device run by more than --tolerance, or a GPU's\n"
       "peak memory exceeds its budget.",
       "device_map");
@@ -87,7 +96,7 @@ Arguments parse(int argc, char** argv) {
       ->group("Placement");
   cli::add_text(app, "--activation-memory", a.activation_memory, "auto|SIZE",
                 "kept free per GPU for activations\n"
-                "(default: auto, an estimate for 1024x1024; 0 without a GPU)",
+                "(default: auto, the denoiser's estimate for its family's usual size; 0 without a GPU)",
                 [](const std::string& text) {
                   if (text == "auto") return;
                   try {
@@ -106,6 +115,21 @@ Arguments parse(int argc, char** argv) {
   if (a.generation.prompts.size() > 1)
     cli::usage_error(app, "one --prompt only (got " + std::to_string(a.generation.prompts.size()) + ")");
   return a;
+}
+
+// The component class model_index.json gives `name`, which must be a model diffuse loads.
+const ComponentClass& model_class(const ModelIndex& index, const std::string& name) {
+  const std::string& class_name = index.components.at(name).class_name;
+  const ComponentClass* found = find_component_class(class_name);
+  if (found == nullptr || found->kind != ComponentClass::Kind::Model)
+    throw Error("component '" + name + "' has class " + class_name + ", which is not a model diffuse loads");
+  return *found;
+}
+
+// The map a model runs under (its hooks'), empty when it has none.
+DeviceMap device_map_of(const torch::nn::Module& model) {
+  const ModuleHooks* hooks = hooks_of(model);
+  return hooks != nullptr ? hooks->device_map() : DeviceMap();
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -160,8 +184,6 @@ int main(int argc, char** argv) {
   const Arguments args = parse(argc, argv);
   const std::string& model = args.model.model;
   const std::string& dtype_name = args.model.dtype;
-  const std::string& prompt = args.generation.prompts.front();
-  const int64_t height = *args.generation.height, width = *args.generation.width;
   std::string activation_memory = args.activation_memory;
   try {
     const c10::ScalarType dtype = parse_dtype(dtype_name);
@@ -181,38 +203,42 @@ int main(int argc, char** argv) {
       if (is_gpu_device(entry.first)) peaks.budgets.push_back(entry);
     const std::string one_device = peaks.budgets.empty() ? "cpu" : peaks.budgets.front().first;
     const std::filesystem::path dir = model;
+    const StageComponents parts = stage_components(dir);  // model_index.json's names, by stage
+    const ModelIndex index = ModelIndex::from_file(dir / "model_index.json");
+    const std::string& denoiser = parts.denoiser;
+    const ComponentClass& denoiser_class = model_class(index, denoiser);
+    std::cout << index.class_name << " (" << denoiser << "): " << dir.string() << "\n";
     std::cout << "max_memory: ";
     for (const auto& [device, bytes] : budget) std::cout << device << "=" << format_bytes(bytes) << " ";
     std::cout << "(" << gpu_count() << " GPU(s) present), dtype " << dtype_name << "\n\n";
 
     // ---- 1. plans, from headers and configs ------------------------------------------------------------
     std::cout << "1. Plans (sizes from safetensors headers and configs; no weight is read)\n";
+    // Every model component the folder names, sized as the pipeline's "balanced" map sizes them.
     std::vector<PlacementUnit> components;
-    for (const char* name : {"text_encoder", "text_encoder_2", "transformer", "vae"}) {
-      std::vector<std::string> keep;
-      if (std::string(name) == "text_encoder_2" && dtype == at::kHalf) keep = {"wo"};
-      components.push_back({name, checkpoint_bytes(Checkpoint::open(dir / name), dtype, keep,
-                                                   {{"encoder.embed_tokens.weight", "shared.weight"}})});
+    for (const auto& [name, entry] : index.components) {
+      const ComponentClass* loader = find_component_class(entry.class_name);
+      if (loader == nullptr || loader->kind != ComponentClass::Kind::Model) continue;
+      components.push_back({name, loader->weight_bytes(dir / name, dtype)});
     }
     const DevicePlan pipeline_plan = plan_pipeline_balanced(components, budget);
     print_plan("pipeline, device_map \"balanced\": " + pipeline_plan.map.to_json(), pipeline_plan);
-    // The transformer built on the meta device: its units and their sizes, without memory.
-    FluxTransformer2DModel meta(FluxTransformerConfig::from_file(dir / "transformer" / "config.json"),
-                                at::TensorOptions().dtype(dtype).device(at::kMeta));
-    const std::vector<PlacementUnit> units = placement_units(model_units(*meta));
+    // The denoiser built on the meta device: its units and their sizes, without memory.
+    const ModelPlacementSizes sizes = denoiser_class.placement_sizes(dir / denoiser, dtype);
+    const std::vector<PlacementUnit>& units = sizes.units;
     const uint64_t activations =
-        activation_memory == "auto" ? activation_estimate(*meta) : parse_memory_size(activation_memory);
-    std::cout << "  transformer: " << units.size() << " units; " << format_bytes(activations)
+        activation_memory == "auto" ? sizes.activation_bytes : parse_memory_size(activation_memory);
+    std::cout << "  " << denoiser << ": " << units.size() << " units; " << format_bytes(activations)
               << " kept free per executing device for activations\n";
     for (auto strategy : {PlacementStrategy::Auto, PlacementStrategy::BalancedLow0, PlacementStrategy::Sequential}) {
-      const std::string title = "transformer, device_map \"" + std::string(placement_strategy_name(strategy)) + "\"";
+      const std::string title = denoiser + ", device_map \"" + std::string(placement_strategy_name(strategy)) + "\"";
       try {
-        print_plan(title, plan_model_placement(units, budget, {strategy, activations, "transformer"}));
+        print_plan(title, plan_model_placement(units, budget, {strategy, activations, denoiser}));
       } catch (const Error& e) {
         std::cout << "  " << title << ": " << e.what() << "\n";
       }
     }
-    // An impossible budget: the same devices but "disk", holding half of the transformer between them.
+    // An impossible budget: the same devices but "disk", holding half of the denoiser between them.
     MemoryBudget half;
     for (const auto& [device, bytes] : budget)
       if (device != "disk") half.emplace_back(device, 0);
@@ -220,59 +246,54 @@ int main(int argc, char** argv) {
     for (const auto& unit : units) total += unit.bytes;
     for (auto& entry : half) entry.second = total / (2 * half.size());
     try {
-      plan_model_placement(units, half, {PlacementStrategy::Auto, activations, "transformer"});
+      plan_model_placement(units, half, {PlacementStrategy::Auto, activations, denoiser});
     } catch (const Error& e) {
-      std::cout << "  an impossible budget (half of the transformer's size, no disk):\n    " << e.what() << "\n";
+      std::cout << "  an impossible budget (half of the " << denoiser << "'s size, no disk):\n    " << e.what() << "\n";
     }
 
     // ---- 2. the guide's flow ---------------------------------------------------------------------------
     std::cout << "\n2. diffusers' distributed-inference flow\n";
-    const std::vector<std::string> text_parts = {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"};
+    GenerateRequest request = args.generation.request();
+    request.progress = false;
     PromptEmbeddings embeddings;
     auto start = std::chrono::steady_clock::now();
     peaks.reset();
     {
-      auto encoders = FluxPipeline::from_pretrained(
-          dir, {.dtype = dtype, .skip = {"transformer", "vae"}, .device_map = "balanced", .max_memory = max_memory});
-      std::cout << "  text encoders, device_map \"balanced\": " << encoders.device_map() << "\n";
-      embeddings = encoders.encode_prompt({.prompt = prompt, .max_sequence_length = 512});
+      auto encoders = load_pipeline(dir, {.dtype = dtype, .skip = parts.all_except(parts.text),
+                                          .device_map = "balanced", .max_memory = max_memory});
+      std::cout << "  text encoders, device_map \"balanced\": " << encoders->device_map() << "\n";
+      // With the negative prompt ("" for SD's classifier-free guidance) where the family's call uses one.
+      embeddings = encoders->encode_prompt(staged_encode_request(request, encoders->info()));
     }  // the text encoders are freed here
     std::cout << "    encoded in " << std::fixed << std::setprecision(2) << seconds_since(start) << " s (with loading)\n";
     peaks.print("text encoders", true);
 
-    GenerateRequest request = args.generation.request();
-    request.prompt = {};
-    request.output_type = OutputType::Latent;
-    request.progress = false;
     at::Tensor latents;
+    int64_t height = 0, width = 0;
     start = std::chrono::steady_clock::now();
     peaks.reset();
     {
-      FluxTransformer2DModel transformer =
-          load_flux_transformer(dir / "transformer", {.dtype = dtype, .device_map = "auto", .max_memory = max_memory,
-                                                      .activation_memory = activation_memory});
-      std::cout << "  transformer, device_map \"auto\": " << transformer->device_map() << "\n";
-      std::vector<std::string> skip = text_parts;
-      skip.push_back("vae");
-      auto denoiser =
-          FluxPipeline::from_pretrained(dir, {.dtype = dtype, .skip = skip, .components = {{"transformer", transformer}}});
-      GenerateRequest staged = request;
-      staged.prompt_embeds = embeddings.prompt_embeds;
-      staged.pooled_prompt_embeds = embeddings.pooled_prompt_embeds;
-      latents = denoiser.generate(staged).latents;
+      const Component model = denoiser_class.load(
+          dir / denoiser, {.dtype = dtype, .device_map = "auto", .max_memory = max_memory,
+                           .activation_memory = activation_memory});
+      std::cout << "  " << denoiser << ", device_map \"auto\": " << device_map_of(*model.module()) << "\n";
+      auto pipe = load_pipeline(dir, {.dtype = dtype, .skip = parts.all_except({denoiser}),
+                                      .components = {{denoiser, model}}});
+      const GenerateOutput out = pipe->generate(with_embeddings(request, embeddings, OutputType::Latent));
+      latents = out.latents;
+      height = out.height;
+      width = out.width;
     }
     std::cout << "    denoised in " << seconds_since(start) << " s (with loading)\n";
-    peaks.print("transformer", true);
+    peaks.print(denoiser, true);
 
     at::Tensor image;
     start = std::chrono::steady_clock::now();
     peaks.reset();
     {
-      std::vector<std::string> skip = text_parts;
-      skip.push_back("transformer");
-      auto decoder = FluxPipeline::from_pretrained(dir, {.dtype = dtype, .device = one_device, .skip = skip});
-      std::cout << "  vae on " << one_device << "\n";
-      image = decoder.decode_latents(latents, height, width).cpu();
+      auto decoder = load_pipeline(dir, {.dtype = dtype, .device = one_device, .skip = parts.all_except({parts.vae})});
+      std::cout << "  " << parts.vae << " on " << one_device << "\n";
+      image = decoder->decode_latents(latents, height, width).cpu();
     }
     std::cout << "    decoded in " << seconds_since(start) << " s (with loading)\n";
     peaks.print("vae", true);
@@ -295,13 +316,12 @@ int main(int argc, char** argv) {
                 << latents_error << ", image " << image_error << (close ? " (within " : " (NOT within ")
                 << tolerance << ")\n" << std::fixed << std::setprecision(2);
     };
-    auto single = FluxPipeline::from_pretrained(dir, {.dtype = dtype, .device = one_device});
+    auto single = load_pipeline(dir, {.dtype = dtype, .device = one_device});
     GenerateRequest whole = request;
-    whole.prompt = prompt;
     whole.output_type = OutputType::Tensor;
     start = std::chrono::steady_clock::now();
     peaks.reset();
-    const GenerateOutput reference = single.generate(whole);
+    const GenerateOutput reference = single->generate(whole);
     std::cout << "    generated in " << seconds_since(start) << " s\n";
     peaks.print("one device", false);
     GenerateOutput staged_out;
@@ -312,21 +332,22 @@ int main(int argc, char** argv) {
     // ---- 4. offloading ---------------------------------------------------------------------------------
     if (!args.skip_offload) {
       std::cout << "\n4. CPU offload on " << one_device << "\n";
-      single.enable_model_cpu_offload(one_device);
+      single->enable_model_cpu_offload(one_device);
       start = std::chrono::steady_clock::now();
       peaks.reset();
-      compare("enable_model_cpu_offload", single.generate(whole), reference);
+      compare("enable_model_cpu_offload", single->generate(whole), reference);
       std::cout << "    generated in " << seconds_since(start) << " s\n";
       peaks.print("model offload", false);
-      single.enable_sequential_cpu_offload(one_device);
-      std::cout << "  sequential offload, the transformer's map: " << single.transformer()->device_map().size()
-                << " units on \"cpu\", run on " << single.execution_device("transformer") << "\n";
+      single->enable_sequential_cpu_offload(one_device);
+      std::cout << "  sequential offload, the " << denoiser << "'s map: "
+                << device_map_of(*single->components().at(denoiser).module()).size() << " units on \"cpu\", run on "
+                << single->execution_device(denoiser) << "\n";
       start = std::chrono::steady_clock::now();
       peaks.reset();
-      compare("enable_sequential_cpu_offload", single.generate(whole), reference);
+      compare("enable_sequential_cpu_offload", single->generate(whole), reference);
       std::cout << "    generated in " << seconds_since(start) << " s\n";
       peaks.print("sequential offload", false);
-      single.remove_all_hooks();
+      single->remove_all_hooks();
     }
     std::cout << "\n" << (ok ? "all outputs match and every GPU stayed within its budget" : "FAILED") << "\n";
     return ok ? 0 : 1;

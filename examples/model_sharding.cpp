@@ -1,11 +1,13 @@
-// model_sharding: the staged flow of diffusers' model-sharding guide. Each stage loads only the
-// components it needs and frees them before the next, so that no moment holds every model:
-//   1. the text encoders alone: prompt -> embeddings
-//   2. the transformer alone: embeddings -> latents
+// model_sharding: the staged flow of diffusers' model-sharding guide, for any family diffuse runs
+// (FLUX.1, Stable Diffusion, Qwen-Image; the folder's model_index.json says which). Each stage loads
+// only the components it needs and frees them before the next, so that no moment holds every model:
+//   1. the text components alone (tokenizer*, text_encoder*): prompts and negative prompts -> embeddings
+//   2. the denoiser alone (transformer or unet): embeddings -> latents
 //   3. the VAE alone: latents -> image
+// The image is the one generate makes with the same arguments and seed.
 //
-//   model_sharding --model DIR --prompt "a cat" [--height 1024 --width 1024 --steps 28 --seed 0
-//                  --dtype bfloat16 --device cuda --output cat.png]
+//   model_sharding --model DIR --prompt "a cat" [--negative-prompt TEXT --height N --width N --steps N
+//                  --guidance X --true-cfg-scale X --seed 0 --dtype bfloat16 --device cuda --output cat.png]
 
 #include <cstdlib>
 #include <iostream>
@@ -21,25 +23,31 @@ using cli::Gen;
 
 struct Arguments {
   cli::ModelOptions model;
-  cli::GenerationOptions generation{.height = 1024, .width = 1024, .seed = 0};  // the VAE stage needs the size
+  cli::GenerationOptions generation{.seed = 0};
   std::string output = "sharded.png";
 };
 
 Arguments parse(int argc, char** argv) {
   Arguments a;
   CLI::App app(
-      "Runs FLUX.1 in three stages, each with only its own components in memory:\n"
-      "text encoders, then the transformer, then the VAE.",
+      "Runs a pipeline folder (FluxPipeline, StableDiffusionPipeline or QwenImagePipeline, as its\n"
+      "model_index.json says) in three stages, each with only its own components in memory: the text\n"
+      "encoders, then the denoiser (transformer or unet), then the VAE. The image is generate's for\n"
+      "the same arguments and seed.",
       "model_sharding");
   cli::init(app, "model_sharding --model DIR --prompt TEXT [options]");
   cli::add_model_options(app, a.model);
   cli::add_generation_options(app, a.generation,
-                              {Gen::Prompt, Gen::Size, Gen::Steps, Gen::Guidance, Gen::Seed, Gen::MaxSequenceLength});
+                              {Gen::Prompt, Gen::NegativePrompt, Gen::Size, Gen::Steps, Gen::Guidance,
+                               Gen::TrueCfgScale, Gen::Seed, Gen::MaxSequenceLength, Gen::SaveTensors});
   app.get_option("--prompt")->description("the prompt (one)")->required();
+  app.get_option("--negative-prompt")->description("what the image should not show (one; SD, Qwen-Image)");
   cli::add_text(app, "--output", a.output, "FILE", "the PNG to write");
   cli::parse(app, argc, argv);
   if (a.generation.prompts.size() > 1)
     cli::usage_error(app, "one --prompt only (got " + std::to_string(a.generation.prompts.size()) + ")");
+  if (a.generation.negative_prompts.size() > 1)
+    cli::usage_error(app, "one --negative-prompt only (got " + std::to_string(a.generation.negative_prompts.size()) + ")");
   return a;
 }
 
@@ -48,54 +56,60 @@ Arguments parse(int argc, char** argv) {
 int main(int argc, char** argv) {
   const Arguments args = parse(argc, argv);
   const cli::GenerationOptions& generation = args.generation;
-  const int64_t height = *generation.height, width = *generation.width;
   const std::string& output = args.output;
   try {
-    const diffuse::FluxPipelineOptions base{.dtype = diffuse::parse_dtype(args.model.dtype),
-                                            .device = args.model.device};
     const std::string& model = args.model.model;
-    const std::vector<std::string> text_parts = {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"};
+    const diffuse::StageComponents parts = diffuse::stage_components(model);
+    const diffuse::PipelineOptions base{.dtype = diffuse::parse_dtype(args.model.dtype), .device = args.model.device};
+    const diffuse::GenerateRequest request = generation.request();
 
-    // 1. Text encoders only.
+    // 1. The text components alone.
     diffuse::PromptEmbeddings embeddings;
     {
       auto options = base;
-      options.skip = {"transformer", "vae"};
-      auto encoder = diffuse::FluxPipeline::from_pretrained(model, options);
-      embeddings = encoder.encode_prompt({.prompt = generation.prompts,
-                                          .max_sequence_length = generation.max_sequence_length});
-      std::cout << "1. encoded: prompt_embeds " << embeddings.prompt_embeds.sizes() << ", pooled "
-                << embeddings.pooled_prompt_embeds.sizes() << "; text encoders freed\n";
-    }  // the text encoders are freed here
+      options.skip = parts.all_except(parts.text);
+      auto encoder = diffuse::load_pipeline(model, options);
+      const diffuse::EncodeRequest encode = diffuse::staged_encode_request(request, encoder->info());
+      embeddings = encoder->encode_prompt(encode);
+      std::cout << "1. " << encoder->class_name() << ": encoded with";
+      for (const auto& name : parts.text) std::cout << " " << name;
+      std::cout << ": prompt_embeds " << embeddings.prompt_embeds.sizes();
+      if (embeddings.pooled_prompt_embeds.defined()) std::cout << ", pooled " << embeddings.pooled_prompt_embeds.sizes();
+      if (embeddings.negative_prompt_embeds.defined())
+        std::cout << ", negative " << embeddings.negative_prompt_embeds.sizes()
+                  << (encode.negative_prompt.empty() ? " (of \"\")" : "");
+      std::cout << "; freed\n";
+    }  // the text components are freed here
 
-    // 2. The transformer alone, to latents.
-    at::Tensor latents;
+    // 2. The denoiser alone, to latents; the size is the family's unless given.
+    diffuse::GenerateOutput denoised;
     {
       auto options = base;
-      options.skip = text_parts;
-      options.skip.push_back("vae");
-      auto denoiser = diffuse::FluxPipeline::from_pretrained(model, options);
-      diffuse::GenerateRequest request = generation.request();
-      request.prompt = {};
-      request.prompt_embeds = embeddings.prompt_embeds;
-      request.pooled_prompt_embeds = embeddings.pooled_prompt_embeds;
-      request.output_type = diffuse::OutputType::Latent;
-      auto out = denoiser.generate(request);
-      latents = out.latents;
-      std::cout << "2. denoised: latents " << latents.sizes() << " in " << out.times.denoise_seconds
-                << " s; transformer freed\n";
+      options.skip = parts.all_except({parts.denoiser});
+      auto denoiser = diffuse::load_pipeline(model, options);
+      denoised = denoiser->generate(diffuse::with_embeddings(request, embeddings, diffuse::OutputType::Latent));
+      std::cout << "2. denoised with " << parts.denoiser << ": latents " << denoised.latents.sizes() << " in "
+                << denoised.times.denoise_seconds << " s; freed\n";
     }
 
     // 3. The VAE alone.
     auto options = base;
-    options.skip = text_parts;
-    options.skip.push_back("transformer");
-    auto decoder = diffuse::FluxPipeline::from_pretrained(model, options);
-    const auto images = diffuse::images_from_tensor(decoder.decode_latents(latents, height, width));
-    images.front().save_png(output);
-    std::cout << "3. decoded: " << output << " (" << width << "x" << height << ")\n";
+    options.skip = parts.all_except({parts.vae});
+    auto decoder = diffuse::load_pipeline(model, options);
+    const at::Tensor image = decoder->decode_latents(denoised.latents, denoised.height, denoised.width).to(at::kCPU);
+    diffuse::images_from_tensor(image).front().save_png(output);
+    std::cout << "3. decoded with " << parts.vae << ": " << output << " (" << denoised.width << "x" << denoised.height
+              << ")\n";
+    if (!generation.save_tensors.empty()) {
+      diffuse::save_safetensors(generation.save_tensors, {{"latents", denoised.latents.to(at::kCPU, at::kFloat)},
+                                                          {"image", image.to(at::kFloat)}});
+      std::cout << "tensors: " << generation.save_tensors << "\n";
+    }
   } catch (const diffuse::Error& e) {
     std::cerr << "model_sharding: " << e.what() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    std::cerr << "model_sharding: " << e.what_without_backtrace() << "\n";
     return 1;
   }
   return 0;

@@ -71,7 +71,127 @@ std::vector<std::string> sd_reference_arguments() {
   return out;
 }
 
+// The reference call of a fixture (tiny-flux, tiny-sd, tiny-qwenimage) as the options generate and
+// model_sharding both take, from its reference.json: the arguments a family does not have are absent there.
+std::vector<std::string> fixture_arguments(const std::string& fixture) {
+  const fs::path folder = *test::fixtures_dir() / fixture;
+  const JsonConfig args = JsonConfig::load(folder / "reference.json");
+  std::vector<std::string> out = {"--model", (folder / "pipeline").string()};
+  for (const auto& prompt : args.get_string_list("prompts", {})) out.insert(out.end(), {"--prompt", prompt});
+  for (const auto& prompt : args.get_string_list("negative_prompts", {}))
+    out.insert(out.end(), {"--negative-prompt", prompt});
+  const std::vector<std::pair<const char*, const char*>> integers = {
+      {"height", "--height"}, {"width", "--width"}, {"num_inference_steps", "--steps"},
+      {"max_sequence_length", "--max-sequence-length"}, {"seed", "--seed"}};
+  for (const auto& [key, option] : integers)
+    if (args.has(key)) out.insert(out.end(), {option, std::to_string(args.get_int(key, 0))});
+  const std::vector<std::pair<const char*, const char*>> scales = {{"guidance_scale", "--guidance"},
+                                                                    {"true_cfg_scale", "--true-cfg-scale"}};
+  for (const auto& [key, option] : scales)
+    if (args.has(key)) out.insert(out.end(), {option, std::to_string(args.get_double(key, 0))});
+  return out;
+}
+
+std::vector<std::string> with(std::vector<std::string> base, const std::vector<std::string>& more) {
+  base.insert(base.end(), more.begin(), more.end());
+  return base;
+}
+
+at::Tensor png_pixels(const fs::path& path) {
+  const Image image = Image::load_png(path);
+  return at::from_blob(const_cast<uint8_t*>(image.pixels.data()), {image.height, image.width, 3}, at::kByte)
+      .to(at::kInt);
+}
+
 }  // namespace
+
+// The staged flow (text components, then the denoiser, then the VAE, each loaded alone) makes generate's
+// image for every family: the same latents and image tensor (within 1e-5) and PNG (within 1 level).
+TEST(ModelShardingProgram, ReproducesGenerateOnEveryFamily) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  for (const std::string fixture : {"tiny-flux", "tiny-sd", "tiny-qwenimage"}) {
+    SCOPED_TRACE(fixture);
+    const fs::path dir = test::temporary_folder("model_sharding_" + fixture);
+    const std::vector<std::string> args = fixture_arguments(fixture);
+    const ProgramRun whole = run("generate", with(args, {"--quiet", "--output", (dir / "whole.png").string(),
+                                                          "--save-tensors", (dir / "whole.safetensors").string()}));
+    ASSERT_EQ(whole.exit_code, 0) << whole.output;
+    const ProgramRun staged = run("model_sharding", with(args, {"--output", (dir / "staged.png").string(),
+                                                                 "--save-tensors", (dir / "staged.safetensors").string()}));
+    ASSERT_EQ(staged.exit_code, 0) << staged.output;
+    for (const char* stage : {"1. ", "2. denoised with ", "3. decoded with vae"})
+      EXPECT_NE(staged.output.find(stage), std::string::npos) << stage << "\n" << staged.output;
+
+    const SafetensorsFile a(dir / "staged.safetensors"), b(dir / "whole.safetensors");
+    const std::string what = fixture + " staged vs one call: ";
+    test::print_error((what + "latents").c_str(), a.load("latents"), b.load("latents"));
+    test::print_error((what + "image").c_str(), a.load("image"), b.load("image"));
+    EXPECT_TENSORS_CLOSE(a.load("latents"), b.load("latents"), 1e-5);
+    EXPECT_TENSORS_CLOSE(a.load("image"), b.load("image"), 1e-5);
+    const at::Tensor pixels = png_pixels(dir / "staged.png"), expected = png_pixels(dir / "whole.png");
+    ASSERT_EQ(pixels.sizes(), expected.sizes());
+    const int levels = (pixels - expected).abs().max().item<int>();
+    std::printf("[ measured ] %s PNG: max pixel difference %d levels\n", what.c_str(), levels);
+    EXPECT_LE(levels, 1);
+  }
+}
+
+// The defaults are the family's: tiny-sd's size is its UNet's sample_size * 8, not a fixed 1024; a
+// negative prompt on a family without one, and a folder without model_index.json, are one-line errors.
+TEST(ModelShardingProgram, FamilyDefaultsAndBadInput) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  const fs::path dir = test::temporary_folder("model_sharding_defaults");
+  const fs::path sd = *test::fixtures_dir() / "tiny-sd" / "pipeline";
+  const int64_t sample_size = JsonConfig::load(sd / "unet" / "config.json").get_int("sample_size", 0);
+  const ProgramRun made = run("model_sharding", {"--model", sd.string(), "--prompt", "a dog", "--steps", "1",
+                                                 "--output", (dir / "dog.png").string()});
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const Image image = Image::load_png(dir / "dog.png");
+  EXPECT_EQ(image.height, sample_size * 8);
+  EXPECT_EQ(image.width, sample_size * 8);
+
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--model", test::tiny_flux_pipeline().string(), "--prompt", "x", "--negative-prompt", "y"},
+       "FluxPipeline takes no negative prompt"},
+      {{"--model", (dir / "nowhere").string(), "--prompt", "x"}, "no model_index.json"},
+      {{"--model", sd.string(), "--prompt", "x", "--true-cfg-scale", "4", "--steps", "1"}, "StableDiffusionPipeline takes no true_cfg_scale"},
+  };
+  for (const auto& [args, expected] : cases) {
+    const ProgramRun result = run("model_sharding", with(args, {"--output", (dir / "x.png").string()}),
+                                  /*stderr_only=*/true);
+    EXPECT_EQ(result.exit_code, 1) << expected;
+    EXPECT_NE(result.output.find(expected), std::string::npos) << result.output;
+    EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1) << result.output;
+  }
+  EXPECT_FALSE(fs::exists(dir / "x.png"));
+}
+
+// device_map on the CPU for every family: planned maps of the folder's components and of its denoiser
+// (the transformer or the UNet) within cpu=1MB,disk=1GB, the staged flow with the denoiser split between
+// CPU memory and disk, and CPU offload, each equal to the one-device call.
+TEST(DeviceMapProgram, RunsEveryFamilyOnTheCpu) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  const std::vector<std::pair<std::string, std::string>> fixtures = {
+      {"tiny-flux", "transformer"}, {"tiny-sd", "unet"}, {"tiny-qwenimage", "transformer"}};
+  for (const auto& [fixture, denoiser] : fixtures) {
+    SCOPED_TRACE(fixture);
+    const fs::path folder = *test::fixtures_dir() / fixture / "pipeline";
+    const ProgramRun result = run("device_map", {"--model", folder.string(), "--height", "64", "--width", "96"});
+    EXPECT_EQ(result.exit_code, 0) << result.output;
+    const std::string class_name = JsonConfig::load(folder / "model_index.json").get_string("_class_name", "");
+    for (const std::string part :
+         {class_name + " (" + denoiser + ")", std::string("pipeline, device_map \"balanced\""),
+          denoiser + ", device_map \"auto\"", denoiser + ", device_map \"sequential\"",
+          std::string("does not fit max_memory"), std::string("text encoders, device_map \"balanced\": {"),
+          std::string("\"disk\""), std::string("enable_sequential_cpu_offload"), std::string("all outputs match")})
+      EXPECT_NE(result.output.find(part), std::string::npos) << part << " missing from:\n" << result.output;
+    for (const char* line : {"device-mapped flow vs one device", "enable_model_cpu_offload: latents"}) {
+      const auto at = result.output.find(line);
+      if (at != std::string::npos) std::printf("[ measured ] %s %s\n", fixture.c_str(),
+                                               result.output.substr(at, result.output.find('\n', at) - at).c_str());
+    }
+  }
+}
 
 TEST(GenerateProgram, ReproducesStableDiffusionFromTheSeedAndFromLatents) {
   DIFFUSE_REQUIRE_FIXTURES();
@@ -236,6 +356,9 @@ TEST(Programs, RefuseMalformedNumbersAndUnknownChoicesWithOneLine) {
       {"model_sharding", with(generate, {"--height", "-5"}), "--height expects a non-negative integer, got '-5'"},
       {"model_sharding", with(generate, {"--seed", "1e3"}), "--seed expects a non-negative integer, got '1e3'"},
       {"model_sharding", with(generate, {"--device", "tpu"}), "--device expects cpu, cuda or cuda:N"},
+      {"model_sharding", with(generate, {"--true-cfg-scale", "x"}), "--true-cfg-scale expects a non-negative number"},
+      {"model_sharding", with(generate, {"--negative-prompt", "a", "--negative-prompt", "b"}),
+       "one --negative-prompt only (got 2)"},
       {"device_map", {"--model", model, "--steps", "3x"}, "--steps expects an integer"},
       {"device_map", {"--model", model, "--tolerance", "abc"}, "--tolerance expects a non-negative number, got 'abc'"},
       {"device_map", {"--model", model, "--max-memory", "cuda:0"}, "--max-memory expects DEVICE=SIZE"},
@@ -279,12 +402,13 @@ TEST(Programs, HelpListsEveryOptionWithItsDefault) {
                             "--attention-backend auto|", "--height N", "--width N", "--steps N", "--guidance X",
                             "--seed N", "--max-sequence-length N", "--output FILE", "--dtype", "--device", "--quiet",
                             "(default context_parallel.png)"}},
-      {"model_sharding", {"--model DIR", "--prompt TEXT", "--height N", "--width N", "--steps N", "--guidance X",
-                          "--seed N", "--max-sequence-length N", "--dtype", "--device", "--output FILE",
-                          "(default 1024)", "(default sharded.png)"}},
+      {"model_sharding", {"--model DIR", "--prompt TEXT", "--negative-prompt TEXT", "--height N", "--width N",
+                          "--steps N", "--guidance X", "--true-cfg-scale X", "--seed N", "--max-sequence-length N",
+                          "--save-tensors FILE", "--dtype", "--device", "--output FILE", "StableDiffusionPipeline",
+                          "QwenImagePipeline", "1024 for FLUX.1 and Qwen-Image, 512 for SD", "(default sharded.png)"}},
       {"device_map", {"--model DIR", "--max-memory", "--dtype", "--height N", "--width N", "--steps N", "--seed N",
                       "--prompt TEXT", "--activation-memory", "--tolerance X", "--skip-offload", "(default 512)",
-                      "(default 4)"}},
+                      "(default 4)", "StableDiffusionPipeline", "QwenImagePipeline"}},
       {"make_random_pipeline", {"--output DIR", "--shape flux-tiny|flux-dev", "--dtype", "--seed N",
                                 "--tokenizers DIR", "(default flux-tiny)"}},
       {"inspect", {"FOLDER", "--json"}},

@@ -46,6 +46,7 @@
 #include "diffuse/pipelines/qwenimage_pipeline.hpp"
 #include "diffuse/pipelines/random_pipeline.hpp"
 #include "diffuse/pipelines/stable_diffusion_pipeline.hpp"
+#include "diffuse/pipelines/staged_call.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
 #include "diffuse/parallel/context_parallel_config.hpp"
 #include "diffuse/parallel/partial_attention.hpp"

@@ -78,6 +78,8 @@ PipelineInfo FluxPipeline::info() const {
           .num_channels_latents = num_channels_latents_,
           .packed_latents = true,
           .uses_negative_prompt = false,
+          .empty_negative_prompt = false,
+          .true_cfg = false,
           .scheduler = has("scheduler") ? components_.get<Scheduler>("scheduler").class_name() : ""};
 }
 

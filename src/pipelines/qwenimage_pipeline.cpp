@@ -108,10 +108,13 @@ PipelineInfo QwenImagePipeline::info() const {
           .default_height = default_sample_size * vae_scale_factor_,
           .default_width = default_sample_size * vae_scale_factor_,
           .default_steps = kDefaultSteps,
-          .default_guidance_scale = kDefaultTrueCfgScale,
+          .default_guidance_scale = 1,  // the transformer is not guidance-distilled
           .num_channels_latents = num_channels_latents_,
           .packed_latents = true,
           .uses_negative_prompt = true,
+          .empty_negative_prompt = false,  // true CFG runs only with a given negative prompt
+          .true_cfg = true,
+          .default_true_cfg_scale = kDefaultTrueCfgScale,
           .scheduler = has("scheduler") ? components_.get<Scheduler>("scheduler").class_name() : ""};
 }
 

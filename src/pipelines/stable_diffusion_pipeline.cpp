@@ -75,6 +75,8 @@ PipelineInfo StableDiffusionPipeline::info() const {
           .num_channels_latents = unet_config_.in_channels,
           .packed_latents = false,
           .uses_negative_prompt = true,
+          .empty_negative_prompt = true,  // diffusers encodes "" for the unconditional half
+          .true_cfg = false,
           .scheduler = has("scheduler") ? components_.get<Scheduler>("scheduler").class_name() : ""};
 }
 
@@ -122,6 +124,16 @@ at::Tensor StableDiffusionPipeline::decode_latents(const at::Tensor& latents) {
   at::Tensor decoded = decoder->decode(unscale_latents(latents, decoder->config()).to(device, dtype));
   // VaeImageProcessor.postprocess: denormalize [-1, 1] -> [0, 1].
   return (decoded.to(at::kFloat) / 2 + 0.5).clamp(0, 1);
+}
+
+at::Tensor StableDiffusionPipeline::decode_latents(const at::Tensor& latents, int64_t height, int64_t width) {
+  const int64_t factor = vae_scale_factor_;
+  if (latents.dim() != 4 || latents.size(1) != vae_config_.latent_channels || latents.size(2) * factor != height ||
+      latents.size(3) * factor != width)
+    throw Error("decode_latents: expected latents [batch, " + std::to_string(vae_config_.latent_channels) + ", " +
+                std::to_string(height / factor) + ", " + std::to_string(width / factor) + "] for a " +
+                std::to_string(height) + "x" + std::to_string(width) + " image, got " + c10::str(latents.sizes()));
+  return decode_latents(latents);
 }
 
 // The largest activations of a request, estimated from the shapes alone, against the memory of the

@@ -21,6 +21,13 @@
 
 namespace diffuse {
 
+// What planning a model's device map needs, from its config alone (pipelines and programs that show
+// a plan without loading the model).
+struct ModelPlacementSizes {
+  std::vector<PlacementUnit> units;  // in execution order, sized in the dtype asked for
+  uint64_t activation_bytes = 0;     // the model's activation_estimate
+};
+
 struct ComponentClass {
   enum class Kind { Model, Tokenizer, Scheduler };
   Kind kind = Kind::Model;
@@ -29,6 +36,9 @@ struct ComponentClass {
   // Models: the bytes their weights take once loaded in `dtype`, from the safetensors headers alone
   // (what device_map "balanced" deals out).
   std::function<uint64_t(const std::filesystem::path& folder, c10::ScalarType dtype)> weight_bytes;
+  // Models: their placement units and activation estimate in `dtype`, from config.json alone (the
+  // model is built on the meta device: no memory is taken and no weight is read).
+  std::function<ModelPlacementSizes(const std::filesystem::path& folder, c10::ScalarType dtype)> placement_sizes;
   // Tokenizers: how many ids they produce (the largest + 1); text encoders: how many their token
   // embedding holds. Unset for the others. The pipeline checks each tokenizer against its encoder.
   std::function<int64_t(const Component& component)> vocab_size;
@@ -52,6 +62,12 @@ ComponentClass model_component_class() {
     const WeightLoadOptions weights = model_weight_load_options<Model>(dtype);
     return checkpoint_bytes(Checkpoint::open(folder), dtype, weights.keep_in_float32, weights.tied_aliases,
                             weights.ignored_prefixes);
+  };
+  c.placement_sizes = [](const std::filesystem::path& folder, c10::ScalarType dtype) {
+    using Config = typename Model::ContainedType::Config;
+    const Model meta(Config::from_file(folder / "config.json"), at::TensorOptions().dtype(dtype).device(at::kMeta));
+    return ModelPlacementSizes{placement_units(model_units(*meta, model_weight_load_options<Model>(dtype).keep_in_float32)),
+                               activation_estimate(*meta)};
   };
   using Impl = typename Model::ContainedType;
   if constexpr (requires(const Impl& m) { m.config().vocab_size; }) {

@@ -3,8 +3,8 @@
 // ...). It owns the components by their model_index.json names and implements, once, what does not
 // depend on the family: loading the components a family declares, moving them (`to`), placing whole
 // components over GPUs (device_map "balanced" within max_memory), model and sequential CPU offload,
-// releasing components, and swapping the scheduler by class name. A family adds its call (`generate`)
-// and its typed accessors.
+// releasing components, and swapping the scheduler by class name. A family adds its call (`generate`),
+// its stages (`encode_prompt`, `decode_latents`) and its typed accessors.
 //
 //   auto pipe = load_pipeline("stable-diffusion-v1-5", {.dtype = at::kHalf, .device = "cuda"});
 //   pipe->set_scheduler("DPMSolverMultistepScheduler");   // as X.from_config(pipe.scheduler.config)
@@ -91,6 +91,15 @@ class DiffusionPipeline {
   // The whole call, or the stages the request leaves (docs/pipeline.md). Bad requests throw
   // diffuse::Error before any model runs.
   virtual GenerateOutput generate(const GenerateRequest& request) = 0;
+  // The stages alone, so that a call can run with only one stage's components loaded (each stage in
+  // its own process or at its own time; pipelines/staged_call.hpp, examples/model_sharding.cpp):
+  //   prompts -> embeddings, with the text components (tokenizer*, text_encoder*) alone. The negative
+  //   prompts are encoded when request.do_classifier_free_guidance is set (PipelineInfo says when the
+  //   family's generate would).
+  virtual PromptEmbeddings encode_prompt(const EncodeRequest& request) = 0;
+  //   generate's final latents (output_type Latent) of height x width images -> [B, 3, height, width]
+  //   in [0, 1], with the VAE alone. Latents that do not belong to that size are an error.
+  virtual at::Tensor decode_latents(const at::Tensor& latents, int64_t height, int64_t width) = 0;
   // What the family's images and latents look like, for programs and the C API.
   virtual PipelineInfo info() const = 0;
 

@@ -40,12 +40,12 @@ class FluxPipeline : public DiffusionPipeline {
   static FluxPipeline from_pretrained(const std::filesystem::path& folder, FluxPipelineOptions options = {});
 
   // prompt -> embeddings (needs the tokenizers and both text encoders).
-  PromptEmbeddings encode_prompt(const EncodeRequest& request);
+  PromptEmbeddings encode_prompt(const EncodeRequest& request) override;
   // The whole call, or the stages that the request leaves: prompts or embeddings in; images, a
   // tensor or latents out. Bad requests throw diffuse::Error before any model runs.
   GenerateOutput generate(const GenerateRequest& request) override;
   // Packed latents [B, S, C*4] of an image of height x width -> [B, 3, height, width] in [0, 1].
-  at::Tensor decode_latents(const at::Tensor& latents, int64_t height, int64_t width);
+  at::Tensor decode_latents(const at::Tensor& latents, int64_t height, int64_t width) override;
   PipelineInfo info() const override;
 
   // ---- context parallelism -----------------------------------------------------------------------

@@ -151,10 +151,25 @@ struct PipelineInfo {
   int64_t default_height = 512;
   int64_t default_width = 512;
   int64_t default_steps = 50;
-  double default_guidance_scale = 7.5;  // Qwen-Image: its true_cfg_scale's default
+  // guidance_scale's default: FLUX.1's distilled guidance (3.5), SD's classifier-free guidance (7.5);
+  // 1 where the family's transformer takes none (Qwen-Image).
+  double default_guidance_scale = 7.5;
   int64_t num_channels_latents = 4;
   bool packed_latents = false;     // FLUX.1 packs 2x2 patches into tokens
-  bool uses_negative_prompt = false;
+
+  // The negative prompt, so that a program that stages a call (encode_prompt, then generate with the
+  // embeddings; pipelines/staged_call.hpp) encodes negative prompts exactly when generate would.
+  // Negative-prompt guidance runs when its scale is above 1 and, unless empty_negative_prompt, a
+  // negative prompt is given.
+  bool uses_negative_prompt = false;   // SD and Qwen-Image read negative_prompt; FLUX.1 refuses one
+  // With none given, "" is encoded as the negative prompt: SD's classifier-free guidance. False where
+  // guidance runs only when a negative prompt is given (Qwen-Image's true CFG: it must then get no
+  // negative embeddings at all).
+  bool empty_negative_prompt = false;
+  // The scale of negative-prompt guidance is true_cfg_scale (Qwen-Image), else guidance_scale (SD).
+  bool true_cfg = false;
+  double default_true_cfg_scale = 1;   // Qwen-Image: 4
+
   std::string scheduler;           // the scheduler's class name ("" when not loaded)
 };
 

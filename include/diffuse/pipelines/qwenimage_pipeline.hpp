@@ -44,11 +44,11 @@ class QwenImagePipeline : public DiffusionPipeline {
   // [B * num_images_per_prompt, L, hidden] with prompt_embeds_mask [B * n, L] (int64, 1 = valid), L the
   // longest prompt's token count (at most max_sequence_length); the mask is undefined where every
   // position is valid, as diffusers passes None then. Needs the tokenizer and text_encoder.
-  PromptEmbeddings encode_prompt(const EncodeRequest& request);
+  PromptEmbeddings encode_prompt(const EncodeRequest& request) override;
   GenerateOutput generate(const GenerateRequest& request) override;
   // Packed latents [B, (h/2)*(w/2), C*4] of a height x width image -> images [B, 3, height, width] in
   // [0, 1]: unpacked to one frame, denormalized with the VAE's latents_mean / latents_std, decoded.
-  at::Tensor decode_latents(const at::Tensor& latents, int64_t height, int64_t width);
+  at::Tensor decode_latents(const at::Tensor& latents, int64_t height, int64_t width) override;
   PipelineInfo info() const override;
 
   // ---- context parallelism -----------------------------------------------------------------------

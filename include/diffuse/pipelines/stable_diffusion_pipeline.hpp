@@ -33,10 +33,12 @@ class StableDiffusionPipeline : public DiffusionPipeline {
 
   // prompts (and, under classifier-free guidance, negative prompts or "") -> CLIP's last_hidden_state,
   // each [B * num_images_per_prompt, 77, cross_attention_dim]. Needs the tokenizer and text_encoder.
-  PromptEmbeddings encode_prompt(const EncodeRequest& request);
+  PromptEmbeddings encode_prompt(const EncodeRequest& request) override;
   GenerateOutput generate(const GenerateRequest& request) override;
   // Latents [B, 4, h, w] -> images [B, 3, h * 8, w * 8] in [0, 1] (latents / scaling_factor, decoded).
   at::Tensor decode_latents(const at::Tensor& latents);
+  // The same, for a call of height x width: the latents must be [B, 4, height / 8, width / 8].
+  at::Tensor decode_latents(const at::Tensor& latents, int64_t height, int64_t width) override;
   PipelineInfo info() const override;
 
   // The models; each throws diffuse::Error when the component is not loaded.
