@@ -131,7 +131,7 @@ TEST(ModelShardingProgram, ReproducesGenerateOnEveryFamily) {
     const at::Tensor pixels = png_pixels(dir / "staged.png"), expected = png_pixels(dir / "whole.png");
     ASSERT_EQ(pixels.sizes(), expected.sizes());
     const int levels = (pixels - expected).abs().max().item<int>();
-    std::printf("[ measured ] %s PNG: max pixel difference %d levels\n", what.c_str(), levels);
+    std::printf("[ measured ] %sPNG: max pixel difference %d levels\n", what.c_str(), levels);
     EXPECT_LE(levels, 1);
   }
 }
