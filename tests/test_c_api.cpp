@@ -911,6 +911,41 @@ TEST(CGenerateProgram, ReproducesTheReferenceImage) {
   expect_pixels_match(image.pixels, cpp_output().images[0].pixels);  // and the C++ API's (exactly, on the CPU)
 }
 
+// Qwen-Image from the program: negative prompt and true CFG scale from the flags, the family printed.
+TEST(CGenerateProgram, QwenImageWithANegativePromptReproducesItsReference) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  REQUIRE_C_GENERATE();
+  const fs::path fixture = *test::fixtures_dir() / "tiny-qwenimage";
+  const nlohmann::json j = JsonConfig::load(fixture / "reference.json").json();
+  const fs::path dir = test::temporary_folder("c_generate_qwenimage");
+  std::vector<std::string> args = {"--model", (fixture / "pipeline").string()};
+  for (const auto& prompt : j.at("prompts")) args.insert(args.end(), {"--prompt", prompt.get<std::string>()});
+  for (const auto& prompt : j.at("negative_prompts"))
+    args.insert(args.end(), {"--negative-prompt", prompt.get<std::string>()});
+  args.insert(args.end(), {"--height", std::to_string(j.at("height").get<int64_t>()), "--width",
+                           std::to_string(j.at("width").get<int64_t>()), "--steps",
+                           std::to_string(j.at("num_inference_steps").get<int64_t>()), "--true-cfg-scale",
+                           std::to_string(j.at("true_cfg_scale").get<double>()), "--max-sequence-length",
+                           std::to_string(j.at("max_sequence_length").get<int64_t>()), "--seed",
+                           std::to_string(j.at("seed").get<int64_t>()), "--output", (dir / "dog.png").string()});
+  const ProgramRun result = run_c_generate(args);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("QwenImagePipeline (scheduler FlowMatchEulerDiscreteScheduler"), std::string::npos)
+      << result.output;
+  const Image image = Image::load_png(dir / "dog.png");
+  at::Tensor pixels = at::from_blob(const_cast<uint8_t*>(image.pixels.data()), {1, image.height, image.width, 3}, at::kByte);
+  const SafetensorsFile reference(fixture / "reference.safetensors");
+  const int worst = (pixels.to(at::kInt) - reference.load("image_uint8").to(at::kInt)).abs().max().item<int>();
+  std::printf("[ measured ] c_generate tiny-qwenimage: pixels within %d levels of diffusers'\n", worst);
+  EXPECT_LE(worst, 1) << "pixels differ from diffusers' by up to " << worst << " levels";
+
+  // A scheduler the library does not know is named in the one error line.
+  args.insert(args.end(), {"--scheduler", "NoSuchScheduler", "--quiet"});
+  const ProgramRun bad = run_c_generate(args);
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("NoSuchScheduler"), std::string::npos) << bad.output;
+}
+
 TEST(CGenerateProgram, BadInputExitsNonZeroWithOneLine) {
   DIFFUSE_REQUIRE_FIXTURES();
   REQUIRE_C_GENERATE();
