@@ -263,14 +263,12 @@ typedef struct diffuse_step_info {
   int64_t step;      /* 0-based, of the step just done */
   int64_t num_steps;
   double timestep;   /* in [0, 1000] */
-  /* Only when the request sets progress_latents: the latents after this step, float32, valid during the
-     callback. Otherwise NULL. latents_shape holds their first three dimensions (all of packed
-     latents'); latents_ndim and latents_dims the whole shape (SD's are 4-D). */
+  /* Only when the request sets progress_latents: the latents after this step, float32
+     [latents_shape[0], [1], [2]], valid during the callback. Otherwise NULL. Packed latents (FLUX.1,
+     Qwen-Image) are [batch, tokens, channels]; SD's [batch, C, h, w] come as [batch, C, h * w], the same
+     floats in the same order (diffuse_sizes.latents_shape has h and w). */
   const float* latents;
   int64_t latents_shape[3];
-  /* ---- second version (the library fills this struct, so these are always there) ---- */
-  int32_t latents_ndim;
-  int64_t latents_dims[4];
 } diffuse_step_info;
 
 /* Called after each denoising step. */

@@ -270,9 +270,9 @@ GeneratePlan plan_generate(diffuse_pipeline& p, const diffuse_generate_request& 
       if (with_latents) {
         latents = host_float(step.latents);
         info.latents = latents.data_ptr<float>();
+        // diffuse_step_info is frozen at three dimensions: SD's [B, C, h, w] are given as [B, C, h * w].
+        if (latents.dim() == 4) latents = latents.flatten(2);
         for (int64_t d = 0; d < 3 && d < latents.dim(); ++d) info.latents_shape[d] = latents.size(d);
-        info.latents_ndim = static_cast<int32_t>(std::min<int64_t>(latents.dim(), 4));
-        for (int64_t d = 0; d < info.latents_ndim; ++d) info.latents_dims[d] = latents.size(d);
       }
       go_on = callback(user_data, &info) == DIFFUSE_CONTINUE;
     }
