@@ -18,15 +18,19 @@
 static const char* const kHelp =
     "usage: c_generate --model DIR --prompt TEXT [options]\n"
     "\n"
-    "Generates images with a FLUX.1 pipeline folder in diffusers' format through diffuse's C API.\n"
+    "Generates images with a pipeline folder in diffusers' format (FLUX.1, Stable Diffusion, Qwen-Image:\n"
+    "model_index.json says which) through diffuse's C API.\n"
     "\n"
     "  --model DIR                 pipeline folder (required)\n"
     "  --prompt TEXT               prompt; repeat for a batch (required)\n"
-    "  --height N, --width N       image size, multiples of 16 (default 1024 x 1024)\n"
-    "  --steps N                   denoising steps (default 28)\n"
-    "  --guidance X                guidance scale (default 3.5)\n"
+    "  --negative-prompt TEXT      what the images should not show (SD, Qwen-Image); one, or one per prompt\n"
+    "  --height N, --width N       image size, multiples of the family's (default: the family's)\n"
+    "  --steps N                   denoising steps (default: the family's, 28 for FLUX.1, 50 for SD)\n"
+    "  --guidance X                guidance scale (default: the family's, 3.5 for FLUX.1, 7.5 for SD)\n"
+    "  --true-cfg-scale X          Qwen-Image's true CFG scale, with a negative prompt (default 4)\n"
+    "  --scheduler NAME            swap the scheduler: a class name or alias (DDIMScheduler, euler, ...)\n"
     "  --seed N                    seed of the CPU generator for the initial noise (default: random)\n"
-    "  --max-sequence-length N     T5 tokens, at most 512 (default 512)\n"
+    "  --max-sequence-length N     text tokens: FLUX.1's T5 at most 512, Qwen-Image at most 1024 (default 512)\n"
     "  --output FILE               PNG path; with several images, FILE's stem gets _0, _1, ... (default out.png)\n"
     "  --dtype float32|bfloat16|float16   weights and compute (default float32)\n"
     "  --device cpu|cuda|cuda:N    where the models run (default cpu)\n"
@@ -94,11 +98,14 @@ int main(int argc, char** argv) {
   const char* model = NULL;
   const char* prompts[MAX_PROMPTS];
   size_t prompt_count = 0;
+  const char* negative_prompts[MAX_PROMPTS];
+  size_t negative_prompt_count = 0;
   const char* output = "out.png";
   int quiet = 0;
   int i;
   diffuse_pipeline_options options;
   diffuse_generate_request request;
+  diffuse_pipeline_info info;
   diffuse_pipeline* pipeline = NULL;
   diffuse_result* result = NULL;
   diffuse_times times;
@@ -125,6 +132,13 @@ int main(int argc, char** argv) {
     } else if (strcmp(flag, "--prompt") == 0) {
       if (prompt_count == MAX_PROMPTS) fail("too many prompts (at most 16)");
       prompts[prompt_count++] = value;
+    } else if (strcmp(flag, "--negative-prompt") == 0) {
+      if (negative_prompt_count == MAX_PROMPTS) fail("too many negative prompts (at most 16)");
+      negative_prompts[negative_prompt_count++] = value;
+    } else if (strcmp(flag, "--true-cfg-scale") == 0) {
+      request.true_cfg_scale = parse_double(flag, value);
+    } else if (strcmp(flag, "--scheduler") == 0) {
+      request.scheduler = value;
     } else if (strcmp(flag, "--height") == 0) {
       request.height = parse_int(flag, value);
     } else if (strcmp(flag, "--width") == 0) {
@@ -154,9 +168,21 @@ int main(int argc, char** argv) {
 
   diffuse_set_log_callback(on_log, &quiet);
   if (diffuse_pipeline_create(model, &options, &pipeline) != DIFFUSE_OK) fail(diffuse_last_error());
+  diffuse_pipeline_info_init(&info);
+  if (diffuse_pipeline_get_info(pipeline, &info) != DIFFUSE_OK) {
+    fprintf(stderr, "c_generate: %s\n", diffuse_last_error());
+    diffuse_pipeline_free(pipeline);
+    return 1;
+  }
+  if (!quiet)
+    fprintf(stderr, "%s (scheduler %s; default %lldx%lld, %lld steps)\n", info.class_name,
+            request.scheduler != NULL ? request.scheduler : info.scheduler, (long long)info.default_width,
+            (long long)info.default_height, (long long)info.default_steps);
 
   request.prompts = prompts;
   request.prompt_count = prompt_count;
+  request.negative_prompts = negative_prompt_count > 0 ? negative_prompts : NULL;
+  request.negative_prompt_count = negative_prompt_count;
   if (!quiet) request.progress = on_step;
   if (diffuse_generate(pipeline, &request, &result) != DIFFUSE_OK) {
     fprintf(stderr, "c_generate: %s\n", diffuse_last_error());

@@ -1,9 +1,10 @@
-// make_random_pipeline: writes a FLUX.1- or SD 1.5-shaped pipeline folder in diffusers' format with random
+// make_random_pipeline: writes a FLUX.1-, SD 1.5- or Qwen-Image-shaped pipeline folder in diffusers' format with random
 // weights, for demos, tests and benchmarks.
 //
 //   make_random_pipeline --shape flux-tiny --output tiny-flux
 //   make_random_pipeline --shape flux-dev --dtype bfloat16 --tokenizers FLUX.1-dev --output flux-dev-random
 //   make_random_pipeline --shape sd15 --dtype float16 --output sd15-random
+//   make_random_pipeline --shape qwen-image --transformer-layers 20 --output qwen-image-random
 
 #include <chrono>
 #include <cstdlib>
@@ -34,17 +35,22 @@ Arguments parse(int argc, char** argv) {
   cli::add_text(app, "--output", a.output, "DIR", "folder to write (created; files of the same names are replaced)")
       ->required();
   cli::add_choice(app, "--shape", a.options.shape, diffuse::random_pipeline_shape_names(),
-                  "flux-tiny or sd15-tiny (seconds on a CPU), flux-dev (FLUX.1-dev's shape,\n"
-                  "12B transformer parameters: ~33 GB in bfloat16) or sd15 (SD 1.5's shape:\n"
-                  "~2 GB in float16)");
+                  "flux-tiny, sd15-tiny or qwen-image-tiny (seconds on a CPU), flux-dev\n"
+                  "(FLUX.1-dev's shape, 12B transformer parameters: ~33 GB in bfloat16), sd15\n"
+                  "(SD 1.5's shape: ~2 GB in float16) or qwen-image (Qwen-Image's shape: a 20B\n"
+                  "transformer and a 7B text encoder, ~57 GB in bfloat16)");
   cli::add_choice(app, "--dtype", a.dtype, cli::dtype_names(),
-                  "weights (default: float32 for the tiny shapes, bfloat16 for flux-dev,\n"
-                  "float16 for sd15)");
+                  "weights (default: float32 for the tiny shapes, bfloat16 for flux-dev and\n"
+                  "qwen-image, float16 for sd15)");
   cli::add_uint64(app, "--seed", a.options.seed, "seed of the random weights");
   cli::add_text(app, "--tokenizers", a.tokenizers, "DIR",
                 "copy tokenizer/ and tokenizer_2/ from this pipeline folder (e.g. FLUX.1-dev's)\n"
                 "(default: a small byte-level CLIP vocabulary and a small T5 vocabulary\n"
                 "made here)");
+  cli::add_int(app, "--transformer-layers", a.options.transformer_layers,
+               "Qwen-Image shapes: this many transformer blocks instead of the shape's\n"
+               "(60 for qwen-image; each is ~0.3 GB in bfloat16)",
+               {.min = 1, .max = 1000});
   cli::parse(app, argc, argv);
   if (!a.tokenizers.empty()) a.options.tokenizers_from = a.tokenizers;
   return a;
@@ -59,7 +65,7 @@ int main(int argc, char** argv) {
   const std::string& dtype = args.dtype;
   try {
     options.dtype = !dtype.empty()                ? diffuse::parse_dtype(dtype)
-                    : options.shape == "flux-dev" ? at::kBFloat16
+                    : options.shape == "flux-dev" || options.shape == "qwen-image" ? at::kBFloat16
                     : options.shape == "sd15"     ? at::kHalf
                                                   : at::kFloat;
     const auto start = std::chrono::steady_clock::now();

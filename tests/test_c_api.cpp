@@ -1,6 +1,10 @@
 // The C API (include/diffuse/c_api.h) against the C++ API on the tiny-flux fixture: the same latents
 // and images, from one thread and from several (own pipelines, and one shared pipeline), caller-owned
 // buffers, the staged path, cancel, the log callback, every error path, and the C example program.
+// Then every family through the C API (tiny-sd and tiny-qwenimage against their references: info,
+// negative prompts, true CFG, a swapped scheduler, embeddings with masks), and each error status from
+// a real fault (missing folder, truncated checkpoint, a request too big for the CPU, a bad argument,
+// a cancel).
 // scripts/test.sh also runs this program under AddressSanitizer with leak detection.
 
 #include <array>
@@ -8,13 +12,17 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <sys/wait.h>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "diffuse/c_api.h"
 #include "diffuse/io/image.hpp"
 #include "diffuse/io/json_config.hpp"
+#include "diffuse/io/safetensors.hpp"
 #include "diffuse/pipelines/flux_pipeline.hpp"
 #include "diffuse/version.hpp"
 #include "support/test_support.hpp"
@@ -804,12 +812,12 @@ TEST(CApiErrors, NullPointersAndBadRequests) {
     EXPECT_STATUS(diffuse_generate_sizes(pipe.handle, &bad.request, &sizes), DIFFUSE_ERROR_INVALID_ARGUMENT, part);
   };
   static float floats[384] = {};
-  expect_request_error([](auto& r) { r.height = 100; }, "height 100 is not a multiple of 16 (vae_scale_factor * 2); use 96 or 112");
+  expect_request_error([](auto& r) { r.height = 100; }, "height 100 is not a multiple of 16 (the family's size multiple); use 96 or 112");
   expect_request_error([](auto& r) { r.width = 8; }, "width must be at least 16, got 8");
   expect_request_error([](auto& r) { r.prompt_count = 0; }, "give prompts (or prompt_embeds and pooled_prompt_embeds)");
   expect_request_error([](auto& r) { r.prompt_embeds = floats; }, "give either prompts or prompt_embeds, not both");
   expect_request_error([](auto& r) { r.prompts = nullptr; }, "request->prompts is NULL but its count is 1");
-  expect_request_error([](auto& r) { r.num_inference_steps = 0; }, "num_inference_steps must be at least 1");
+  expect_request_error([](auto& r) { r.num_inference_steps = -1; }, "num_inference_steps must be at least 1");
   expect_request_error([](auto& r) { r.num_images_per_prompt = 0; }, "num_images_per_prompt must be at least 1");
   expect_request_error([](auto& r) { r.max_sequence_length = 513; }, "max_sequence_length must be in [1, 512]");
   expect_request_error([](auto& r) { r.output_type = static_cast<diffuse_output_type>(9); }, "unknown output_type 9");
@@ -903,6 +911,41 @@ TEST(CGenerateProgram, ReproducesTheReferenceImage) {
   expect_pixels_match(image.pixels, cpp_output().images[0].pixels);  // and the C++ API's (exactly, on the CPU)
 }
 
+// Qwen-Image from the program: negative prompt and true CFG scale from the flags, the family printed.
+TEST(CGenerateProgram, QwenImageWithANegativePromptReproducesItsReference) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  REQUIRE_C_GENERATE();
+  const fs::path fixture = *test::fixtures_dir() / "tiny-qwenimage";
+  const nlohmann::json j = JsonConfig::load(fixture / "reference.json").json();
+  const fs::path dir = test::temporary_folder("c_generate_qwenimage");
+  std::vector<std::string> args = {"--model", (fixture / "pipeline").string()};
+  for (const auto& prompt : j.at("prompts")) args.insert(args.end(), {"--prompt", prompt.get<std::string>()});
+  for (const auto& prompt : j.at("negative_prompts"))
+    args.insert(args.end(), {"--negative-prompt", prompt.get<std::string>()});
+  args.insert(args.end(), {"--height", std::to_string(j.at("height").get<int64_t>()), "--width",
+                           std::to_string(j.at("width").get<int64_t>()), "--steps",
+                           std::to_string(j.at("num_inference_steps").get<int64_t>()), "--true-cfg-scale",
+                           std::to_string(j.at("true_cfg_scale").get<double>()), "--max-sequence-length",
+                           std::to_string(j.at("max_sequence_length").get<int64_t>()), "--seed",
+                           std::to_string(j.at("seed").get<int64_t>()), "--output", (dir / "dog.png").string()});
+  const ProgramRun result = run_c_generate(args);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("QwenImagePipeline (scheduler FlowMatchEulerDiscreteScheduler"), std::string::npos)
+      << result.output;
+  const Image image = Image::load_png(dir / "dog.png");
+  at::Tensor pixels = at::from_blob(const_cast<uint8_t*>(image.pixels.data()), {1, image.height, image.width, 3}, at::kByte);
+  const SafetensorsFile reference(fixture / "reference.safetensors");
+  const int worst = (pixels.to(at::kInt) - reference.load("image_uint8").to(at::kInt)).abs().max().item<int>();
+  std::printf("[ measured ] c_generate tiny-qwenimage: pixels within %d levels of diffusers'\n", worst);
+  EXPECT_LE(worst, 1) << "pixels differ from diffusers' by up to " << worst << " levels";
+
+  // A scheduler the library does not know is named in the one error line.
+  args.insert(args.end(), {"--scheduler", "NoSuchScheduler", "--quiet"});
+  const ProgramRun bad = run_c_generate(args);
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("NoSuchScheduler"), std::string::npos) << bad.output;
+}
+
 TEST(CGenerateProgram, BadInputExitsNonZeroWithOneLine) {
   DIFFUSE_REQUIRE_FIXTURES();
   REQUIRE_C_GENERATE();
@@ -927,4 +970,348 @@ TEST(CGenerateProgram, BadInputExitsNonZeroWithOneLine) {
   const ProgramRun help = run_c_generate({"--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.output.find("--model DIR"), std::string::npos);
+}
+
+// ---- every family ----------------------------------------------------------------------------------
+
+namespace {
+
+struct Family {
+  std::string fixture;     // "tiny-sd"
+  fs::path folder() const { return *test::fixtures_dir() / fixture / "pipeline"; }
+  const nlohmann::json& json() const {
+    if (json_.is_null()) json_ = JsonConfig::load(*test::fixtures_dir() / fixture / "reference.json").json();
+    return json_;
+  }
+  const SafetensorsFile& reference() const {
+    if (!reference_) reference_ = std::make_shared<SafetensorsFile>(*test::fixtures_dir() / fixture / "reference.safetensors");
+    return *reference_;
+  }
+  mutable nlohmann::json json_;
+  mutable std::shared_ptr<SafetensorsFile> reference_;
+};
+
+// The reference call of a family's reference.json as a C request (latent output). Holds the strings.
+struct FamilyRequest {
+  explicit FamilyRequest(const nlohmann::json& j) {
+    prompt_text = j.at("prompts").get<std::vector<std::string>>();
+    if (j.contains("negative_prompts")) negative_text = j.at("negative_prompts").get<std::vector<std::string>>();
+    for (const auto& text : prompt_text) prompts.push_back(text.c_str());
+    for (const auto& text : negative_text) negatives.push_back(text.c_str());
+    diffuse_generate_request_init(&request);
+    request.prompts = prompts.data();
+    request.prompt_count = prompts.size();
+    request.negative_prompts = negatives.empty() ? nullptr : negatives.data();
+    request.negative_prompt_count = negatives.size();
+    request.height = j.at("height").get<int64_t>();
+    request.width = j.at("width").get<int64_t>();
+    request.num_inference_steps = j.at("num_inference_steps").get<int64_t>();
+    if (j.contains("guidance_scale")) request.guidance_scale = j.at("guidance_scale").get<double>();
+    if (j.contains("true_cfg_scale")) request.true_cfg_scale = j.at("true_cfg_scale").get<double>();
+    if (j.contains("max_sequence_length")) request.max_sequence_length = j.at("max_sequence_length").get<int64_t>();
+    request.has_seed = 1;
+    request.seed = j.at("seed").get<uint64_t>();
+    request.output_type = DIFFUSE_OUTPUT_LATENT;
+  }
+  FamilyRequest(const FamilyRequest&) = delete;
+  std::vector<std::string> prompt_text, negative_text;
+  std::vector<const char*> prompts, negatives;
+  diffuse_generate_request request;
+};
+
+diffuse_status create_family(Pipeline& pipeline, const Family& family, const char* device = nullptr) {
+  diffuse_pipeline_options options;
+  diffuse_pipeline_options_init(&options);
+  options.device = device != nullptr ? device : device_name().c_str();
+  return diffuse_pipeline_create(family.folder().c_str(), &options, pipeline.out());
+}
+
+diffuse_pipeline_info info_of(const Pipeline& pipe) {
+  diffuse_pipeline_info info;
+  std::memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  EXPECT_EQ(diffuse_pipeline_get_info(pipe.handle, &info), DIFFUSE_OK) << diffuse_last_error();
+  return info;
+}
+
+std::string model_index_class(const Family& family) {
+  return JsonConfig::load(family.folder() / "model_index.json").get_string("_class_name", "");
+}
+
+}  // namespace
+
+TEST(CApiFamilies, InfoSaysEachFamilysDefaultsAndLatentLayout) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  struct Expected {
+    std::string fixture;
+    int64_t default_steps;
+    int32_t packed, negative;
+  };
+  for (const Expected& e : {Expected{"tiny-flux", 28, 1, 0}, Expected{"tiny-sd", 50, 0, 1},
+                            Expected{"tiny-qwenimage", 50, 1, 1}}) {
+    SCOPED_TRACE(e.fixture);
+    const Family family{e.fixture};
+    Pipeline pipe;
+    ASSERT_EQ(create_family(pipe, family), DIFFUSE_OK) << diffuse_last_error();
+    const diffuse_pipeline_info info = info_of(pipe);
+    EXPECT_EQ(std::string(info.class_name), model_index_class(family));
+    // Packed 2x2 patches double the VAE's factor (16 for the real FLUX.1 and Qwen-Image, 8 for SD).
+    EXPECT_EQ(info.size_multiple, (e.packed ? 2 : 1) * info.vae_scale_factor);
+    EXPECT_EQ(info.default_steps, e.default_steps);
+    EXPECT_EQ(info.packed_latents, e.packed);
+    EXPECT_EQ(info.uses_negative_prompt, e.negative);
+    EXPECT_GT(info.default_guidance_scale, 0);
+    EXPECT_GT(info.joint_attention_dim, 0);
+    EXPECT_NE(std::string(info.scheduler), "");
+    EXPECT_EQ(info.default_height % info.size_multiple, 0);
+    std::printf("[ measured ] %s: %s, scheduler %s, default %lldx%lld, %lld steps, guidance %g\n", e.fixture.c_str(),
+                info.class_name, info.scheduler, static_cast<long long>(info.default_height),
+                static_cast<long long>(info.default_width), static_cast<long long>(info.default_steps),
+                info.default_guidance_scale);
+
+    // The latents' shape for a size and batch, in the family's layout.
+    diffuse_sizes sizes;
+    diffuse_sizes_init(&sizes);
+    ASSERT_EQ(diffuse_decode_sizes(pipe.handle, 2, 64, 96, &sizes), DIFFUSE_OK) << diffuse_last_error();
+    if (e.packed) {
+      EXPECT_EQ(sizes.latents_ndim, 3);
+      EXPECT_EQ(sizes.latents_shape[1], (64 / info.size_multiple) * (96 / info.size_multiple));
+      EXPECT_EQ(sizes.latents_shape[2], info.num_channels_latents * 4);
+    } else {
+      EXPECT_EQ(sizes.latents_ndim, 4);
+      EXPECT_EQ(sizes.latents_shape[1], info.num_channels_latents);
+      EXPECT_EQ(sizes.latents_shape[2], 64 / info.vae_scale_factor);
+      EXPECT_EQ(sizes.latents_shape[3], 96 / info.vae_scale_factor);
+    }
+    EXPECT_EQ(sizes.latents_shape[0], 2);
+    size_t count = 1;
+    for (int32_t d = 0; d < sizes.latents_ndim; ++d) count *= static_cast<size_t>(sizes.latents_shape[d]);
+    EXPECT_EQ(sizes.latents_count, count);
+  }
+}
+
+TEST(CApiFamilies, EachFamilyReproducesItsReference) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  for (const char* fixture : {"tiny-flux", "tiny-sd", "tiny-qwenimage"}) {
+    SCOPED_TRACE(fixture);
+    const Family family{fixture};
+    Pipeline pipe;
+    ASSERT_EQ(create_family(pipe, family), DIFFUSE_OK) << diffuse_last_error();
+    FamilyRequest c(family.json());
+    Result result;
+    ASSERT_EQ(diffuse_generate(pipe.handle, &c.request, result.out()), DIFFUSE_OK) << diffuse_last_error();
+    const at::Tensor latents = tensor_of(result.handle, DIFFUSE_TENSOR_LATENTS);
+    test::print_error((std::string(fixture) + " latents_final").c_str(), latents,
+                      family.reference().load("latents_final"));
+    EXPECT_TENSORS_CLOSE(latents, family.reference().load("latents_final"), 1e-4);
+
+    // The same into a caller buffer sized by diffuse_generate_sizes.
+    diffuse_sizes sizes;
+    diffuse_sizes_init(&sizes);
+    ASSERT_EQ(diffuse_generate_sizes(pipe.handle, &c.request, &sizes), DIFFUSE_OK) << diffuse_last_error();
+    std::vector<float> buffer(sizes.latents_count);
+    diffuse_buffers buffers;
+    diffuse_buffers_init(&buffers);
+    buffers.latents = buffer.data();
+    buffers.latents_count = buffer.size();
+    ASSERT_EQ(diffuse_generate_into(pipe.handle, &c.request, &buffers, nullptr), DIFFUSE_OK) << diffuse_last_error();
+    EXPECT_TENSORS_CLOSE(at::from_blob(buffer.data(), at::IntArrayRef(sizes.latents_shape, sizes.latents_ndim)),
+                         family.reference().load("latents_final"), 1e-4);
+  }
+}
+
+TEST(CApiFamilies, SchedulerByNameReproducesTheSwappedReference) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  const Family family{"tiny-sd"};
+  Pipeline pipe;
+  ASSERT_EQ(create_family(pipe, family), DIFFUSE_OK) << diffuse_last_error();
+  const std::string ddim = family.json().at("other_schedulers").at("ddim").get<std::string>();
+  FamilyRequest c(family.json());
+  c.request.scheduler = ddim.c_str();
+  c.request.num_inference_steps = family.json().at("other_scheduler_steps").get<int64_t>();
+  Result result;
+  ASSERT_EQ(diffuse_generate(pipe.handle, &c.request, result.out()), DIFFUSE_OK) << diffuse_last_error();
+  test::print_error("tiny-sd ddim_latents_final", tensor_of(result.handle, DIFFUSE_TENSOR_LATENTS),
+                    family.reference().load("ddim_latents_final"));
+  EXPECT_TENSORS_CLOSE(tensor_of(result.handle, DIFFUSE_TENSOR_LATENTS), family.reference().load("ddim_latents_final"),
+                       1e-4);
+  EXPECT_EQ(std::string(info_of(pipe).scheduler), ddim);  // kept for later calls
+  c.request.scheduler = "NoSuchScheduler";
+  EXPECT_STATUS(diffuse_generate(pipe.handle, &c.request, result.out()), DIFFUSE_ERROR_INVALID_ARGUMENT,
+                "NoSuchScheduler");
+}
+
+TEST(CApiFamilies, QwenImageEmbeddingsWithMasksRoundTrip) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  const Family family{"tiny-qwenimage"};
+  Pipeline pipe;
+  ASSERT_EQ(create_family(pipe, family), DIFFUSE_OK) << diffuse_last_error();
+  FamilyRequest c(family.json());
+
+  // Encode with the negative prompts, then generate from the embeddings: the reference's latents.
+  diffuse_encode_request encode;
+  diffuse_encode_request_init(&encode);
+  encode.prompts = c.prompts.data();
+  encode.prompt_count = c.prompts.size();
+  encode.negative_prompts = c.negatives.data();
+  encode.negative_prompt_count = c.negatives.size();
+  encode.do_classifier_free_guidance = 1;
+  encode.max_sequence_length = c.request.max_sequence_length;
+  Result embeddings;
+  ASSERT_EQ(diffuse_encode(pipe.handle, &encode, embeddings.out()), DIFFUSE_OK) << diffuse_last_error();
+  const at::Tensor positive = tensor_of(embeddings.handle, DIFFUSE_TENSOR_PROMPT_EMBEDS);
+  const at::Tensor negative = tensor_of(embeddings.handle, DIFFUSE_TENSOR_NEGATIVE_PROMPT_EMBEDS);
+  EXPECT_TENSORS_CLOSE(positive, family.reference().load("prompt_embeds"), 1e-4);
+  EXPECT_TENSORS_CLOSE(negative, family.reference().load("negative_prompt_embeds"), 1e-4);
+  diffuse_tensor_view view;
+  // One prompt each: every position is valid, so no mask (as diffusers passes None).
+  EXPECT_EQ(diffuse_result_tensor(embeddings.handle, DIFFUSE_TENSOR_PROMPT_EMBEDS_MASK, &view), DIFFUSE_ERROR_NOT_FOUND);
+
+  // Masks given explicitly (all ones) change nothing.
+  const std::vector<int64_t> mask(static_cast<size_t>(positive.size(0) * positive.size(1)), 1);
+  const std::vector<int64_t> negative_mask(static_cast<size_t>(negative.size(0) * negative.size(1)), 1);
+  FamilyRequest staged(family.json());
+  staged.request.prompts = nullptr;
+  staged.request.prompt_count = 0;
+  staged.request.negative_prompts = nullptr;
+  staged.request.negative_prompt_count = 0;
+  staged.request.prompt_embeds = positive.data_ptr<float>();
+  staged.request.embeds_batch = positive.size(0);
+  staged.request.embeds_sequence_length = positive.size(1);
+  staged.request.negative_prompt_embeds = negative.data_ptr<float>();
+  staged.request.negative_embeds_sequence_length = negative.size(1);
+  staged.request.prompt_embeds_mask = mask.data();
+  staged.request.negative_prompt_embeds_mask = negative_mask.data();
+  Result result;
+  ASSERT_EQ(diffuse_generate(pipe.handle, &staged.request, result.out()), DIFFUSE_OK) << diffuse_last_error();
+  test::print_error("tiny-qwenimage latents_final from embeddings", tensor_of(result.handle, DIFFUSE_TENSOR_LATENTS),
+                    family.reference().load("latents_final"));
+  EXPECT_TENSORS_CLOSE(tensor_of(result.handle, DIFFUSE_TENSOR_LATENTS), family.reference().load("latents_final"), 1e-4);
+
+  // Qwen-Image's limit is its own: 1024 text tokens.
+  c.request.max_sequence_length = 1025;
+  EXPECT_STATUS(diffuse_generate(pipe.handle, &c.request, result.out()), DIFFUSE_ERROR_INVALID_ARGUMENT,
+                "max_sequence_length must be in [1, 1024]");
+}
+
+// ---- one status per kind of failure -----------------------------------------------------------------
+
+TEST(CApiErrors, EachKindOfFailureHasItsOwnStatus) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  EXPECT_STREQ(diffuse_status_name(DIFFUSE_ERROR_CORRUPT_INPUT), "DIFFUSE_ERROR_CORRUPT_INPUT");
+  EXPECT_STREQ(diffuse_status_name(DIFFUSE_ERROR_DISTRIBUTED), "DIFFUSE_ERROR_DISTRIBUTED");
+  EXPECT_STREQ(diffuse_status_name(DIFFUSE_ERROR_CANCELLED), "DIFFUSE_ERROR_CANCELLED");
+  // The numbers are ABI: the first ones never move.
+  EXPECT_EQ(DIFFUSE_ERROR_INVALID_ARGUMENT, 1);
+  EXPECT_EQ(DIFFUSE_ERROR_NOT_FOUND, 3);
+  EXPECT_EQ(DIFFUSE_ERROR_FAILED, 4);
+  EXPECT_EQ(DIFFUSE_ERROR_OUT_OF_MEMORY, 5);
+  EXPECT_EQ(DIFFUSE_ERROR_INTERNAL, 7);
+
+  const fs::path scratch = test::temporary_folder("c_api_statuses");
+  Pipeline pipe;
+  // Not found: a folder that is not there, and a pipeline copy whose transformer folder is gone.
+  EXPECT_STATUS(diffuse_pipeline_create((scratch / "missing").c_str(), nullptr, pipe.out()), DIFFUSE_ERROR_NOT_FOUND,
+                "missing' is not a folder");
+  const fs::path copy = scratch / "tiny-flux";
+  fs::copy(test::tiny_flux_pipeline(), copy, fs::copy_options::recursive);
+  fs::rename(copy / "transformer", scratch / "transformer.away");
+  EXPECT_STATUS(diffuse_pipeline_create(copy.c_str(), nullptr, pipe.out()), DIFFUSE_ERROR_NOT_FOUND, "transformer");
+  EXPECT_EQ(pipe.handle, nullptr);
+  fs::rename(scratch / "transformer.away", copy / "transformer");
+
+  // Corrupt input: the transformer's checkpoint cut to half its length, then a config that is not JSON.
+  const fs::path checkpoint = copy / "transformer" / "diffusion_pytorch_model.safetensors";
+  const auto whole = fs::file_size(checkpoint);
+  fs::resize_file(checkpoint, whole / 2);
+  EXPECT_STATUS(diffuse_pipeline_create(copy.c_str(), nullptr, pipe.out()), DIFFUSE_ERROR_CORRUPT_INPUT,
+                "diffusion_pytorch_model.safetensors");
+  std::printf("[ measured ] truncated checkpoint: %s\n", diffuse_last_error());
+  fs::copy_file(test::tiny_flux_pipeline() / "transformer" / "diffusion_pytorch_model.safetensors", checkpoint,
+                fs::copy_options::overwrite_existing);
+  {
+    std::ofstream config(copy / "vae" / "config.json", std::ios::trunc);
+    config << "{\"block_out_channels\": [8, 16,";
+  }
+  EXPECT_STATUS(diffuse_pipeline_create(copy.c_str(), nullptr, pipe.out()), DIFFUSE_ERROR_CORRUPT_INPUT, "config.json");
+
+  // Out of memory: 10000x10000 on the CPU is refused before any work.
+  Pipeline cpu;
+  diffuse_pipeline_options options;
+  diffuse_pipeline_options_init(&options);
+  options.device = "cpu";
+  ASSERT_EQ(diffuse_pipeline_create(test::tiny_flux_pipeline().c_str(), &options, cpu.out()), DIFFUSE_OK)
+      << diffuse_last_error();
+  CRequest huge;
+  huge.request.height = 10000;
+  huge.request.width = 10000;
+  Result result;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_STATUS(diffuse_generate(cpu.handle, &huge.request, result.out()), DIFFUSE_ERROR_OUT_OF_MEMORY,
+                "10000x10000 image needs at least");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 30.0);
+  std::printf("[ measured ] 10000x10000 on the CPU: %s\n", diffuse_last_error());
+
+  // Invalid argument: a bad value, and a negative prompt FLUX.1 does not take (the library's refusal).
+  CRequest bad;
+  bad.request.width = -16;
+  EXPECT_STATUS(diffuse_generate(cpu.handle, &bad.request, result.out()), DIFFUSE_ERROR_INVALID_ARGUMENT,
+                "width must be at least 16");
+  EXPECT_STATUS(diffuse_pipeline_cancel(nullptr), DIFFUSE_ERROR_INVALID_ARGUMENT, "pipeline is NULL");
+}
+
+TEST(CApiErrors, CancelFromTheCallbackOrAnotherThreadReturnsCancelled) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  Pipeline pipe;
+  ASSERT_EQ(create(pipe), DIFFUSE_OK) << diffuse_last_error();
+  struct State {
+    diffuse_pipeline* pipe;
+    std::vector<int64_t> seen;
+  } state{pipe.handle, {}};
+  CRequest c;
+  c.request.progress_user_data = &state;
+  c.request.progress = [](void* user_data, const diffuse_step_info* info) {
+    auto& s = *static_cast<State*>(user_data);
+    s.seen.push_back(info->step);
+    if (info->step == 1) diffuse_pipeline_cancel(s.pipe);  // allowed from the pipeline's own callback
+    return DIFFUSE_CONTINUE;
+  };
+  Result result;
+  EXPECT_STATUS(diffuse_generate(pipe.handle, &c.request, result.out()), DIFFUSE_ERROR_CANCELLED, "cancelled");
+  EXPECT_EQ(result.handle, nullptr);
+  EXPECT_EQ(state.seen, (std::vector<int64_t>{0, 1}));
+
+  // Into buffers too; then the pipeline is whole: the next call runs to the end and matches C++.
+  std::vector<float> latents(24 * 16);
+  diffuse_buffers buffers;
+  diffuse_buffers_init(&buffers);
+  buffers.latents = latents.data();
+  buffers.latents_count = latents.size();
+  c.request.output_type = DIFFUSE_OUTPUT_LATENT;
+  state.seen.clear();
+  EXPECT_STATUS(diffuse_generate_into(pipe.handle, &c.request, &buffers, nullptr), DIFFUSE_ERROR_CANCELLED, "cancelled");
+  c.request.progress = nullptr;
+  ASSERT_EQ(diffuse_generate_into(pipe.handle, &c.request, &buffers, nullptr), DIFFUSE_OK) << diffuse_last_error();
+  EXPECT_SAME_AS_CPP("C after a cancel vs C++ latents", at::from_blob(latents.data(), {1, 24, 16}), cpp_output().latents);
+
+  // From another thread, while the loop runs: the callback waits for the cancel at step 0.
+  struct Waiter {
+    std::atomic<bool> started{false};
+    std::atomic<bool> go{false};
+  } waiter;
+  c.request.progress_user_data = &waiter;
+  c.request.progress = [](void* user_data, const diffuse_step_info*) {
+    auto& w = *static_cast<Waiter*>(user_data);
+    w.started = true;
+    while (!w.go) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return DIFFUSE_CONTINUE;
+  };
+  std::thread canceller([&] {
+    while (!waiter.started) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    EXPECT_EQ(diffuse_pipeline_cancel(pipe.handle), DIFFUSE_OK);
+    waiter.go = true;
+  });
+  const diffuse_status status = diffuse_generate_into(pipe.handle, &c.request, &buffers, nullptr);
+  canceller.join();
+  EXPECT_EQ(status, DIFFUSE_ERROR_CANCELLED) << diffuse_status_name(status) << ": " << diffuse_last_error();
 }

@@ -338,16 +338,17 @@ TEST(DataParallel, TwoProcessesMakeTheImagesOfOne) {
   EXPECT_FALSE(Image::load_png(dir / "one/result_0_0.png").pixels == Image::load_png(dir / "one/result_0_1.png").pixels);
 }
 
-TEST(DataParallel, StableDiffusionTwoProcessesGiveEachPromptItsImageAlone) {
-  DIFFUSE_REQUIRE_FIXTURES();
-  REQUIRE_RANKS(2);
-  // The guide's SD data-parallel example: prompts split over two processes, each with its own seed,
-  // with classifier-free guidance and a negative prompt; each image equals generate's for its prompt.
-  const fs::path dir = test::temporary_folder("data_parallel_sd");
-  const std::string model = (*test::fixtures_dir() / "tiny-sd" / "pipeline").string();
+namespace {
+
+// The guide's data-parallel example on a fixture of another family: prompts split over two processes,
+// each with its own seed (the family's guidance and negative prompt in `options`); each image equals
+// generate's for its prompt.
+void expect_each_prompt_gets_its_image_alone(const std::string& fixture, const std::vector<std::string>& options) {
+  const fs::path dir = test::temporary_folder("data_parallel_" + fixture);
+  const std::string model = (*test::fixtures_dir() / fixture / "pipeline").string();
   const std::vector<std::string> prompts = {"a photo of a dog", "a cat on a mat"};
-  const std::vector<std::string> common = {"--model", model, "--negative-prompt", "blurry", "--height", "64",
-                                           "--width", "96", "--steps", "3", "--guidance", "7.5", "--quiet"};
+  std::vector<std::string> common = {"--model", model, "--height", "64", "--width", "96", "--steps", "3", "--quiet"};
+  common.insert(common.end(), options.begin(), options.end());
   ProcessGroup group;
   std::vector<std::string> two = {example("diffuse-launch").string(), "--nproc-per-node", "2",
                                   example("data_parallel").string(), "--prompt", prompts[0], "--prompt", prompts[1],
@@ -369,4 +370,19 @@ TEST(DataParallel, StableDiffusionTwoProcessesGiveEachPromptItsImageAlone) {
     ASSERT_TRUE(fs::exists(dir / a)) << a << "\n" << describe(outcomes);
     EXPECT_TRUE(Image::load_png(dir / a).pixels == Image::load_png(dir / b).pixels) << a << " differs from " << b;
   }
+}
+
+}  // namespace
+
+TEST(DataParallel, StableDiffusionTwoProcessesGiveEachPromptItsImageAlone) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  REQUIRE_RANKS(2);
+  expect_each_prompt_gets_its_image_alone("tiny-sd", {"--negative-prompt", "blurry", "--guidance", "7.5"});
+}
+
+TEST(DataParallel, QwenImageTwoProcessesGiveEachPromptItsImageAlone) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  REQUIRE_RANKS(2);
+  expect_each_prompt_gets_its_image_alone("tiny-qwenimage", {"--negative-prompt", "blurry", "--true-cfg-scale", "4",
+                                                             "--max-sequence-length", "64"});
 }

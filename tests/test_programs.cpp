@@ -103,6 +103,24 @@ at::Tensor png_pixels(const fs::path& path) {
       .to(at::kInt);
 }
 
+// generate's arguments for tiny-qwenimage's reference call (prompts, negative prompts, true CFG,
+// sequence length), from reference.json.
+std::vector<std::string> qwen_reference_arguments() {
+  const fs::path qwen = *test::fixtures_dir() / "tiny-qwenimage";
+  const JsonConfig args = JsonConfig::load(qwen / "reference.json");
+  std::vector<std::string> out = {"--model", (qwen / "pipeline").string()};
+  for (const auto& prompt : args.get_string_list("prompts", {})) out.insert(out.end(), {"--prompt", prompt});
+  for (const auto& prompt : args.get_string_list("negative_prompts", {}))
+    out.insert(out.end(), {"--negative-prompt", prompt});
+  out.insert(out.end(), {"--height", std::to_string(args.get_int("height", 0)),
+                         "--width", std::to_string(args.get_int("width", 0)),
+                         "--steps", std::to_string(args.get_int("num_inference_steps", 0)),
+                         "--true-cfg-scale", std::to_string(args.get_double("true_cfg_scale", 0)),
+                         "--max-sequence-length", std::to_string(args.get_int("max_sequence_length", 0)),
+                         "--seed", std::to_string(args.get_int("seed", 0)), "--quiet"});
+  return out;
+}
+
 }  // namespace
 
 // The staged flow (text components, then the denoiser, then the VAE, each loaded alone) makes generate's
@@ -191,6 +209,35 @@ TEST(DeviceMapProgram, RunsEveryFamilyOnTheCpu) {
                                                result.output.substr(at, result.output.find('\n', at) - at).c_str());
     }
   }
+}
+
+TEST(GenerateProgram, ReproducesQwenImageFromTheSeedAndFromLatents) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  const fs::path dir = test::temporary_folder("generate_program_qwen");
+  const SafetensorsFile reference(*test::fixtures_dir() / "tiny-qwenimage" / "reference.safetensors");
+  auto args = qwen_reference_arguments();
+  args.insert(args.end(), {"--output", (dir / "dog.png").string(), "--save-tensors", (dir / "out.safetensors").string()});
+  ProgramRun result = run("generate", args);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  SafetensorsFile tensors(dir / "out.safetensors");
+  EXPECT_TENSORS_CLOSE(tensors.load("latents"), reference.load("latents_final"), 1e-4);
+  EXPECT_TENSORS_CLOSE(tensors.load("image"), reference.load("pipeline_output_pt"), 1e-4);
+
+  // Given latents, packed as diffusers' latents= takes them ([B, tokens, channels * 4]).
+  save_safetensors(dir / "init.safetensors", {{"latents", reference.load("latents_init")}});
+  args = qwen_reference_arguments();
+  args.insert(args.end(), {"--latents", (dir / "init.safetensors").string(), "--output-type", "latent",
+                           "--save-tensors", (dir / "latents.safetensors").string()});
+  result = run("generate", args);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TENSORS_CLOSE(SafetensorsFile(dir / "latents.safetensors").load("latents"), reference.load("latents_final"),
+                       1e-4);
+  // Qwen-Image's sequence limit is 1024 tokens.
+  args = qwen_reference_arguments();
+  args.insert(args.end(), {"--max-sequence-length", "1025", "--output", (dir / "x.png").string()});
+  result = run("generate", args);
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("max_sequence_length must be in [1, 1024], got 1025"), std::string::npos) << result.output;
 }
 
 TEST(GenerateProgram, ReproducesStableDiffusionFromTheSeedAndFromLatents) {
@@ -366,7 +413,7 @@ TEST(Programs, RefuseMalformedNumbersAndUnknownChoicesWithOneLine) {
       {"device_map", {"--model", model, "--activation-memory", "lots"}, "--activation-memory: "},
       {"device_map", {"--model", model, "--dtype", "float64"}, "--dtype expects float32, bfloat16 or float16"},
       {"make_random_pipeline", {"--output", (dir / "x").string(), "--seed", "-1"}, "--seed expects a non-negative integer"},
-      {"make_random_pipeline", {"--output", (dir / "x").string(), "--shape", "flux-huge"}, "--shape expects flux-tiny, flux-dev, sd15-tiny or sd15, got 'flux-huge'"},
+      {"make_random_pipeline", {"--output", (dir / "x").string(), "--shape", "flux-huge"}, "--shape expects flux-tiny, flux-dev, sd15-tiny, sd15, qwen-image-tiny or qwen-image, got 'flux-huge'"},
       {"make_random_pipeline", {"--output", (dir / "x").string(), "--dtype", "float64"}, "--dtype expects float32, bfloat16 or float16"},
       {"inspect", {model, "--jsn"}, "unknown option '--jsn'"},
       {"inspect", {}, "FOLDER is required"},

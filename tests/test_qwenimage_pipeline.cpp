@@ -9,6 +9,8 @@
 #include "diffuse/io/json_config.hpp"
 #include "diffuse/pipelines/pipeline_registry.hpp"
 #include "diffuse/pipelines/qwenimage_pipeline.hpp"
+#include "diffuse/pipelines/random_pipeline.hpp"
+#include "diffuse/schedulers/flow_match_euler_discrete.hpp"
 #include "support/test_support.hpp"
 
 using namespace diffuse;
@@ -129,11 +131,8 @@ TEST(QwenImagePipeline, GivenLatentsTheFirstStepAndTheDecoderMatchDiffusers) {
   GenerateRequest request = reference_request();
   request.seed.reset();
   request.latents = reference().load("latents_init");
-  request.num_inference_steps = 1;
   request.output_type = OutputType::Latent;
-  // One step from the given latents is the reference's first step of its 3 (the schedule differs
-  // with the step count, so compare with the full call's first step at 3 steps instead).
-  request.num_inference_steps = reference_request().num_inference_steps;
+  // The reference's schedule (3 steps), stopped by the callback after the first.
   std::vector<at::Tensor> steps;
   request.callback = [&](const StepInfo& step) {
     steps.push_back(step.latents.clone());
@@ -145,7 +144,6 @@ TEST(QwenImagePipeline, GivenLatentsTheFirstStepAndTheDecoderMatchDiffusers) {
   EXPECT_TENSORS_CLOSE(steps[0], reference().load("latents_after_step_0"), 1e-4);
   EXPECT_FALSE(out.image_tensor.defined());
 
-  const JsonConfig sizes = JsonConfig::wrap(reference_json(), "reference.json");
   const at::Tensor image = pipe.decode_latents(reference().load("latents_final"), *request.height, *request.width);
   EXPECT_TENSORS_CLOSE(image, reference().load("pipeline_output_pt"), 1e-4);
 }
@@ -212,7 +210,7 @@ TEST(QwenImagePipeline, NumImagesPerPromptRepeatsTheEmbeddings) {
   QwenImagePipeline pipe = tiny_pipeline();
   GenerateRequest request = reference_request();
   request.output_type = OutputType::Latent;
-  request.num_inference_steps = 1;
+  request.num_inference_steps = 2;
   request.num_images_per_prompt = 2;
   const GenerateOutput out = pipe.generate(request);
   EXPECT_EQ(out.latents.size(0), 2);
@@ -225,7 +223,7 @@ TEST(QwenImagePipeline, WithoutANegativePromptTrueCfgDoesNotRun) {
   GenerateRequest request = reference_request();
   request.negative_prompt = PromptList();
   request.output_type = OutputType::Latent;
-  request.num_inference_steps = 1;
+  request.num_inference_steps = 2;
   const at::Tensor without = pipe.generate(request).latents;
   request.true_cfg_scale = 1.0;  // no negative prompt and a scale of 1: the same single call
   EXPECT_TENSORS_CLOSE(pipe.generate(request).latents, without, 0);
@@ -256,12 +254,44 @@ TEST(QwenImagePipeline, BadRequestsAreNamed) {
   request.negative_prompt = {"a", "b", "c"};
   EXPECT_ERROR_CONTAINS(pipe.generate(request), "negative_prompt has 3 entries but prompt has 1");
   request = reference_request();
+  request.num_inference_steps = 1;  // shift_terminal's stretch needs a schedule that does not end at 1
+  EXPECT_ERROR_CONTAINS(pipe.generate(request), "use at least 2 steps");
+  request = reference_request();
   request.pooled_prompt_embeds = at::zeros({1, 32});
   EXPECT_ERROR_CONTAINS(pipe.generate(request), "takes no prompt_2 or pooled_prompt_embeds");
   request = reference_request();
   request.latents = at::zeros({1, 10, 16});
   EXPECT_ERROR_CONTAINS(pipe.generate(request), "latents have shape [1, 10, 16]");
-  QwenImagePipeline no_vae = tiny_pipeline({.skip = {"vae"}});
-  EXPECT_ERROR_CONTAINS(no_vae.decode_latents(reference().load("latents_final"), 64, 96), "vae");
-  EXPECT_ERROR_CONTAINS(pipe.decode_latents(at::zeros({1, 95, 16}), 64, 96), "decode_latents: expected packed latents");
+  EXPECT_ERROR_CONTAINS(pipe.decode_latents(reference().load("latents_final"), 64, 96),
+                        "component 'vae' is not loaded");
+  QwenImagePipeline with_vae = tiny_pipeline({.skip = {"text_encoder", "transformer"}});
+  EXPECT_ERROR_CONTAINS(with_vae.decode_latents(at::zeros({1, 95, 16}), 64, 96),
+                        "decode_latents: expected packed latents");
+}
+
+// make_random_pipeline --shape qwen-image-tiny: a folder in the published layout that loads by class
+// name (tokenizer and encoder agree) and generates, with and without true CFG, on every offload.
+TEST(QwenImagePipeline, RandomTinyFolderLoadsAndRunsWithEveryOffload) {
+  const fs::path dir = test::temporary_folder("random_qwen_image_tiny");
+  write_random_pipeline(dir, {.shape = "qwen-image-tiny", .seed = 1});
+  auto pipe = load_pipeline(dir);
+  EXPECT_EQ(pipe->class_name(), "QwenImagePipeline");
+  GenerateRequest request{.prompt = {"a dog", "a cat in the snow"}, .negative_prompt = "blurry", .height = 32,
+                          .width = 48, .num_inference_steps = 2, .seed = 5, .output_type = OutputType::Latent,
+                          .progress = false};
+  const at::Tensor latents = pipe->generate(request).latents.cpu();
+  EXPECT_EQ(latents.sizes(), (std::vector<int64_t>{2, 24, 16}));
+  EXPECT_TRUE(at::isfinite(latents).all().item<bool>());
+  const double tolerance = at::hasCUDA() ? 2e-3 : 1e-5;
+  pipe->enable_model_cpu_offload();
+  EXPECT_TENSORS_CLOSE(pipe->generate(request).latents, latents, tolerance);
+  pipe->enable_sequential_cpu_offload();
+  EXPECT_TENSORS_CLOSE(pipe->generate(request).latents, latents, tolerance);
+  pipe->remove_all_hooks();
+  request.output_type = OutputType::Image;
+  const GenerateOutput out = pipe->generate(request);
+  ASSERT_EQ(out.images.size(), 2u);
+  EXPECT_EQ(out.images[0].width, 48);
+  EXPECT_ERROR_CONTAINS(write_random_pipeline(dir, {.shape = "qwen-image-tiny", .transformer_layers = 0}),
+                        "transformer_layers must be at least 1");
 }

@@ -209,13 +209,15 @@ TEST(StableDiffusionPipeline, RandomSd15TinyFolderLoadsAndRunsWithEveryOffload) 
   EXPECT_EQ(latents.sizes(), (std::vector<int64_t>{1, 4, 8, 8}));
   EXPECT_TRUE(at::isfinite(latents).all().item<bool>());
   // Both offloads give the single-device latents (on a CPU-only machine the offload device is the CPU).
+  // With a GPU the offloaded runs compute there, where cuDNN's convolutions round through TF32 (as
+  // PyTorch allows by default): 3.5e-4 apart after two guided steps, measured on an H200.
+  const double tolerance = at::hasCUDA() ? 2e-3 : 1e-4;
   pipe->enable_model_cpu_offload();
-  // (With a GPU the offloaded runs compute there: float32 rounding apart.)
-  EXPECT_TENSORS_CLOSE(pipe->generate(request).latents, latents, 1e-4);
+  EXPECT_TENSORS_CLOSE(pipe->generate(request).latents, latents, tolerance);
   pipe->enable_sequential_cpu_offload();
-  EXPECT_TENSORS_CLOSE(pipe->generate(request).latents, latents, 1e-4);
+  EXPECT_TENSORS_CLOSE(pipe->generate(request).latents, latents, tolerance);
   pipe->remove_all_hooks();
   // Balanced placement over the devices there are gives the same latents too.
   auto balanced = load_pipeline(dir, {.device_map = "balanced", .max_memory = {{"cpu", "1GB"}}});
-  EXPECT_TENSORS_CLOSE(balanced->generate(request).latents, latents, 1e-4);
+  EXPECT_TENSORS_CLOSE(balanced->generate(request).latents, latents, tolerance);
 }

@@ -62,7 +62,7 @@ TEST(StagedCall, NegativeEmbeddingsExactlyWhenGenerateUsesThem) {
   const PipelineInfo flux{.class_name = "FluxPipeline", .default_guidance_scale = 3.5};
   const PipelineInfo sd{.class_name = "StableDiffusionPipeline", .uses_negative_prompt = true,
                         .empty_negative_prompt = true};
-  const PipelineInfo qwen{.class_name = "QwenImagePipeline", .default_guidance_scale = 1, .uses_negative_prompt = true,
+  const PipelineInfo qwen{.class_name = "QwenImagePipeline", .default_guidance_scale = 4, .uses_negative_prompt = true,
                           .true_cfg = true, .default_true_cfg_scale = 4};
   GenerateRequest plain;
   plain.prompt = "a cat";

@@ -1,6 +1,8 @@
-/* diffuse's C API: the FLUX.1 pipeline behind a stable C ABI, for engines that are not C++ or are
+/* diffuse's C API: every pipeline family the library runs (FLUX.1, Stable Diffusion 1.x/2.x, Qwen-Image;
+ * the folder's model_index.json picks it) behind a stable C ABI, for engines that are not C++ or are
  * built with another compiler. It compiles as C99 and as C++; no C++ type and no exception crosses it.
- * docs/embedding.md shows it next to the C++ way in.
+ * docs/embedding.md shows it next to the C++ way in. diffuse_pipeline_get_info says which family a
+ * pipeline is and what its calls look like (defaults, size multiple, latent layout).
  *
  *   diffuse_pipeline* pipe = NULL;
  *   if (diffuse_pipeline_create("FLUX.1-dev", NULL, &pipe) != DIFFUSE_OK) {
@@ -24,7 +26,9 @@
  * ---- Errors ----------------------------------------------------------------------------------------
  * Every function that can fail returns a diffuse_status. A failing call also leaves a message that names
  * what is at fault (file, argument, component) in diffuse_last_error(), which is per thread; a call that
- * succeeds empties it. Every entry point catches every exception inside the library.
+ * succeeds empties it. Every entry point catches every exception inside the library. The status says
+ * what kind of failure it was (a bad argument, something missing, a corrupt file, memory, a lost rank,
+ * a cancel), so that a caller can react without parsing the message.
  *
  * ---- Ownership ---------------------------------------------------------------------------------------
  * - Everything the caller passes in (strings, option and request structs, prompt arrays, embeddings,
@@ -52,11 +56,15 @@
  * - A result is immutable: its accessors may be called from any threads at once.
  * - Callbacks run on the thread that made the call (progress) or the thread that logs (log).
  *
- * ---- Cancel -----------------------------------------------------------------------------------------
- * A progress callback that returns DIFFUSE_STOP ends the denoising loop after that step: the call still
- * returns DIFFUSE_OK, its result holds the latents reached so far (decoded to images unless the output
- * is latent, as the C++ API does), and diffuse_result_interrupted() is 1. To cancel from another
- * thread, set a flag that the callback reads. The pipeline stays usable. */
+ * ---- Stop and cancel ---------------------------------------------------------------------------------
+ * Two ways to end a generate early, both checked after each denoising step:
+ * - A progress callback that returns DIFFUSE_STOP ends the loop after that step: the call still returns
+ *   DIFFUSE_OK, its result holds the latents reached so far (decoded to images unless the output is
+ *   latent, as the C++ API does), and diffuse_result_interrupted() is 1.
+ * - diffuse_pipeline_cancel(pipeline), from the progress callback or from any other thread, makes the
+ *   generate in flight return DIFFUSE_ERROR_CANCELLED after the step it is in: no result (out is NULL,
+ *   caller buffers hold unspecified contents).
+ * Either way the pipeline stays usable. */
 #ifndef DIFFUSE_C_API_H
 #define DIFFUSE_C_API_H
 
@@ -90,17 +98,26 @@ typedef enum diffuse_status {
   /* A caller-owned buffer is smaller than the call needs (the diffuse_*_sizes functions give the size).
      Checked before any work. */
   DIFFUSE_ERROR_BUFFER_TOO_SMALL = 2,
-  /* A pipeline folder without model_index.json, or a part a result does not have. */
+  /* Something that should be there is not: the pipeline folder, its model_index.json, a component
+     folder, a config or checkpoint file; or a part a result does not have. */
   DIFFUSE_ERROR_NOT_FOUND = 3,
-  /* The library refused the call or failed (diffuse::Error): a bad request, a missing or corrupt file,
-     a component that is not loaded. The message says what to fix. */
+  /* The library refused the call or failed for another reason (diffuse::Error): a request the family
+     does not take, a component that is not loaded. The message says what to fix. */
   DIFFUSE_ERROR_FAILED = 4,
-  /* Host or device memory ran out. */
+  /* Host or device memory ran out, or a request cannot fit in the memory of the device that would run
+     it (refused before any work, e.g. 10000x10000 on the CPU). */
   DIFFUSE_ERROR_OUT_OF_MEMORY = 5,
   /* libtorch raised an error (c10::Error), e.g. a device this libtorch was not built for. */
   DIFFUSE_ERROR_TORCH = 6,
   /* Any other exception: a bug; the message has its text. */
-  DIFFUSE_ERROR_INTERNAL = 7
+  DIFFUSE_ERROR_INTERNAL = 7,
+  /* A file is there but malformed: a truncated or corrupt safetensors checkpoint, a config that is not
+     JSON or has a value of the wrong type. */
+  DIFFUSE_ERROR_CORRUPT_INPUT = 8,
+  /* Under context parallelism: a rank died, left or stopped answering, or the rendezvous failed. */
+  DIFFUSE_ERROR_DISTRIBUTED = 9,
+  /* diffuse_pipeline_cancel stopped the call. */
+  DIFFUSE_ERROR_CANCELLED = 10
 } diffuse_status;
 
 /* The calling thread's message of its latest failing diffuse call; "" after a call that succeeded. */
@@ -172,19 +189,27 @@ static inline void diffuse_pipeline_options_init(diffuse_pipeline_options* optio
   diffuse_pipeline_options_init_sized(options, sizeof *options);
 }
 
-/* Loads the pipeline folder saved by diffusers (model_index.json and its component folders). `options`
-   may be NULL for the defaults. On failure *out is NULL. */
+/* Loads the pipeline folder saved by diffusers (model_index.json and its component folders), of any
+   family the library runs: model_index.json's _class_name picks it (FluxPipeline, StableDiffusionPipeline,
+   QwenImagePipeline). `options` may be NULL for the defaults. On failure *out is NULL. */
 DIFFUSE_C_EXPORT diffuse_status diffuse_pipeline_create(const char* folder, const diffuse_pipeline_options* options,
                                                         diffuse_pipeline** out);
 /* Frees the pipeline and its weights. NULL is ignored. */
 DIFFUSE_C_EXPORT void diffuse_pipeline_free(diffuse_pipeline* pipeline);
+/* Asks the generate running on `pipeline` to stop after its current denoising step; that call then
+   returns DIFFUSE_ERROR_CANCELLED. Callable from the call's own progress callback and from any other
+   thread (it takes no lock and never waits). A cancel applies to the generate in flight: a generate
+   that starts later clears it. Does nothing when no generate is running. */
+DIFFUSE_C_EXPORT diffuse_status diffuse_pipeline_cancel(diffuse_pipeline* pipeline);
 
 typedef struct diffuse_pipeline_info {
   size_t struct_size;
-  int64_t vae_scale_factor;       /* 8 for FLUX.1; image sizes are multiples of twice this */
-  int64_t num_channels_latents;   /* 16 for FLUX.1; packed latents have 4 times this per token */
-  int64_t joint_attention_dim;    /* prompt_embeds' last dimension (T5 width) */
-  int64_t pooled_projection_dim;  /* pooled_prompt_embeds' last dimension (CLIP width) */
+  int64_t vae_scale_factor;       /* 8 for FLUX.1, SD and Qwen-Image */
+  int64_t num_channels_latents;   /* 16 for FLUX.1, 4 for SD; packed latents have 4 times this per token */
+  /* prompt_embeds' last dimension: the transformer's joint_attention_dim (FLUX.1: T5 width; Qwen-Image:
+     the text model's width), or the UNet's cross_attention_dim (SD). */
+  int64_t joint_attention_dim;
+  int64_t pooled_projection_dim;  /* pooled_prompt_embeds' last dimension (FLUX.1's CLIP width; else 0) */
   int64_t default_height;         /* used when a request's height is 0 */
   int64_t default_width;
   int32_t guidance_embeds;        /* 1 when the transformer takes guidance_scale (FLUX.1-dev) */
@@ -192,8 +217,28 @@ typedef struct diffuse_pipeline_info {
   char device[32];                /* "cpu", "cuda:0", ... */
   int32_t parallel_rank;          /* this process's rank under context parallelism (0: gets images) */
   int32_t parallel_world_size;    /* 1 without context parallelism */
+  /* ---- second version: the family ---- */
+  char class_name[64];            /* "FluxPipeline", "StableDiffusionPipeline", "QwenImagePipeline" */
+  int64_t size_multiple;          /* height and width are multiples of it (16 FLUX.1/Qwen-Image, 8 SD) */
+  int64_t default_steps;          /* used when a request's num_inference_steps is 0 (28, 50, 50) */
+  /* used when a request's guidance_scale is negative (FLUX.1 3.5, SD 7.5); for Qwen-Image this is the
+     default of true_cfg_scale (4) */
+  double default_guidance_scale;
+  /* 1: latents are packed 2x2 patches, [batch, latent_tokens, latent_channels] (FLUX.1, Qwen-Image);
+     0: latents are [batch, num_channels_latents, height / vae_scale_factor, width / vae_scale_factor]
+     (SD). diffuse_decode_sizes (or diffuse_generate_sizes) gives the shape for a height, width and
+     batch in diffuse_sizes.latents_shape. */
+  int32_t packed_latents;
+  int32_t uses_negative_prompt;   /* 1 when the family reads negative prompts (SD, Qwen-Image) */
+  char scheduler[64];             /* the scheduler's class name ("" when it is not loaded) */
 } diffuse_pipeline_info;
 
+/* Zeroes `info` and sets its struct_size to the caller's sizeof, ready for diffuse_pipeline_get_info. */
+static inline void diffuse_pipeline_info_init(diffuse_pipeline_info* info) {
+  const diffuse_pipeline_info zero = {0};
+  *info = zero;
+  info->struct_size = sizeof *info;
+}
 DIFFUSE_C_EXPORT diffuse_status diffuse_pipeline_get_info(diffuse_pipeline* pipeline, diffuse_pipeline_info* info);
 /* *loaded = 1 when the component ("transformer", "vae", "text_encoder", ...) is loaded. */
 DIFFUSE_C_EXPORT diffuse_status diffuse_pipeline_has(diffuse_pipeline* pipeline, const char* component, int* loaded);
@@ -218,8 +263,10 @@ typedef struct diffuse_step_info {
   int64_t step;      /* 0-based, of the step just done */
   int64_t num_steps;
   double timestep;   /* in [0, 1000] */
-  /* Only when the request sets progress_latents: the packed latents after this step, float32
-     [latents_shape[0], [1], [2]], valid during the callback. Otherwise NULL. */
+  /* Only when the request sets progress_latents: the latents after this step, float32
+     [latents_shape[0], [1], [2]], valid during the callback. Otherwise NULL. Packed latents (FLUX.1,
+     Qwen-Image) are [batch, tokens, channels]; SD's [batch, C, h, w] come as [batch, C, h * w], the same
+     floats in the same order (diffuse_sizes.latents_shape has h and w). */
   const float* latents;
   int64_t latents_shape[3];
 } diffuse_step_info;
@@ -234,7 +281,15 @@ typedef struct diffuse_encode_request {
   const char* const* prompts_2;  /* to T5; NULL (and 0) for the same as prompts */
   size_t prompt_2_count;
   int64_t num_images_per_prompt; /* default 1 */
-  int64_t max_sequence_length;   /* T5 tokens, at most 512; default 512 */
+  /* FLUX.1: T5 tokens, at most 512; Qwen-Image: text tokens after its template, at most 1024; SD: not
+     read (CLIP's 77). Default 512. */
+  int64_t max_sequence_length;
+  /* ---- second version ---- */
+  /* SD, Qwen-Image: the negative prompts (one per prompt, or one for all; NULL and 0 for ""), encoded
+     when do_classifier_free_guidance is nonzero into DIFFUSE_TENSOR_NEGATIVE_PROMPT_EMBEDS. */
+  const char* const* negative_prompts;
+  size_t negative_prompt_count;
+  int32_t do_classifier_free_guidance;
 } diffuse_encode_request;
 
 DIFFUSE_C_EXPORT void diffuse_encode_request_init_sized(diffuse_encode_request* request, size_t struct_size);
@@ -274,10 +329,34 @@ typedef struct diffuse_generate_request {
   void* progress_user_data;
   int32_t progress_latents;      /* nonzero: pass each step's latents to `progress` (a copy per step) */
   int32_t progress_bar;          /* nonzero: draw a progress bar on stderr (default 0) */
+  /* ---- second version ---- */
+  /* SD: what the images should not show (classifier-free guidance's unconditional half); Qwen-Image:
+     the same for true CFG, which runs only when negative prompts are given. One per prompt or one for
+     all; NULL and 0 for none. FLUX.1 refuses them. */
+  const char* const* negative_prompts;
+  size_t negative_prompt_count;
+  /* Qwen-Image's true CFG scale; negative (the default): the family's (4). Others refuse a value. */
+  double true_cfg_scale;
+  /* A scheduler class name or alias ("DDIMScheduler", "euler", ...) to swap in before the call, with
+     the current scheduler's config, as diffusers' pipe.scheduler = X.from_config(pipe.scheduler.config);
+     the pipeline keeps it for later calls. NULL or "": keep the current one. */
+  const char* scheduler;
+  /* With prompt_embeds, float32 row-major: negative_prompt_embeds [embeds_batch,
+     negative_embeds_sequence_length (0: embeds_sequence_length), joint_attention_dim] (SD under
+     guidance, Qwen-Image's true CFG), and Qwen-Image's int64 masks (1 = a valid token), one row per
+     embedding row: prompt_embeds_mask [embeds_batch, embeds_sequence_length] and
+     negative_prompt_embeds_mask [embeds_batch, negative_embeds_sequence_length]. NULL: not given (a NULL
+     mask means every position is valid). */
+  const float* negative_prompt_embeds;
+  int64_t negative_embeds_sequence_length;
+  const int64_t* prompt_embeds_mask;
+  const int64_t* negative_prompt_embeds_mask;
 } diffuse_generate_request;
 
-/* diffusers' defaults: 28 steps, guidance 3.5, 1 image per prompt, max_sequence_length 512, image output,
-   default size, random seed, no callback. */
+/* The family's defaults: num_inference_steps 0 and guidance_scale -1 stand for the family's (28 and 3.5
+   for FLUX.1, 50 and 7.5 for SD, 50 and none for Qwen-Image: diffuse_pipeline_info says them), 1 image
+   per prompt, max_sequence_length 512, image output, default size, random seed, no callback, no
+   negative prompts, true_cfg_scale -1 (the family's), the current scheduler. */
 DIFFUSE_C_EXPORT void diffuse_generate_request_init_sized(diffuse_generate_request* request, size_t struct_size);
 static inline void diffuse_generate_request_init(diffuse_generate_request* request) {
   diffuse_generate_request_init_sized(request, sizeof *request);
@@ -287,24 +366,30 @@ static inline void diffuse_generate_request_init(diffuse_generate_request* reque
 
 typedef struct diffuse_result diffuse_result;
 
-/* prompt -> embeddings (needs the tokenizers and both text encoders). The result has
-   DIFFUSE_TENSOR_PROMPT_EMBEDS and DIFFUSE_TENSOR_POOLED_PROMPT_EMBEDS. */
+/* prompt -> embeddings (needs the family's tokenizers and text encoders). The result has
+   DIFFUSE_TENSOR_PROMPT_EMBEDS, and as the family makes them DIFFUSE_TENSOR_POOLED_PROMPT_EMBEDS
+   (FLUX.1), DIFFUSE_TENSOR_NEGATIVE_PROMPT_EMBEDS (SD and Qwen-Image with do_classifier_free_guidance)
+   and the masks (Qwen-Image, when prompts differ in length). */
 DIFFUSE_C_EXPORT diffuse_status diffuse_encode(diffuse_pipeline* pipeline, const diffuse_encode_request* request,
                                                diffuse_result** out);
 /* The whole call, or the stages the request leaves (embeddings in; latents out). The result has
    DIFFUSE_TENSOR_LATENTS always, images and DIFFUSE_TENSOR_IMAGE as the output type says. */
 DIFFUSE_C_EXPORT diffuse_status diffuse_generate(diffuse_pipeline* pipeline, const diffuse_generate_request* request,
                                                  diffuse_result** out);
-/* Packed latents [batch, latent_tokens, latent_channels] (float32) of height x width images -> images
-   and DIFFUSE_TENSOR_IMAGE. latents_count must be exactly batch * latent_tokens * latent_channels. */
+/* Latents as generate returns them (float32; packed [batch, latent_tokens, latent_channels], or SD's
+   [batch, C, height / 8, width / 8]: diffuse_decode_sizes says) of height x width images -> images and
+   DIFFUSE_TENSOR_IMAGE. latents_count must be exactly diffuse_sizes.latents_count. */
 DIFFUSE_C_EXPORT diffuse_status diffuse_decode(diffuse_pipeline* pipeline, const float* latents, size_t latents_count,
                                                int64_t batch, int64_t height, int64_t width, diffuse_result** out);
 
 typedef enum diffuse_tensor_name {
-  DIFFUSE_TENSOR_LATENTS = 0,              /* packed [B, tokens, channels] */
+  DIFFUSE_TENSOR_LATENTS = 0,              /* packed [B, tokens, channels], or SD's [B, C, h, w] */
   DIFFUSE_TENSOR_IMAGE = 1,                /* [B, 3, H, W] in [0, 1] */
   DIFFUSE_TENSOR_PROMPT_EMBEDS = 2,        /* [B, sequence, joint_attention_dim] */
-  DIFFUSE_TENSOR_POOLED_PROMPT_EMBEDS = 3  /* [B, pooled_projection_dim] */
+  DIFFUSE_TENSOR_POOLED_PROMPT_EMBEDS = 3, /* [B, pooled_projection_dim] */
+  DIFFUSE_TENSOR_NEGATIVE_PROMPT_EMBEDS = 4,       /* [B, sequence, joint_attention_dim] */
+  DIFFUSE_TENSOR_PROMPT_EMBEDS_MASK = 5,           /* [B, sequence], 1.0 where a token is valid */
+  DIFFUSE_TENSOR_NEGATIVE_PROMPT_EMBEDS_MASK = 6   /* as the generate request's int64 masks, as floats */
 } diffuse_tensor_name;
 
 /* A float32 row-major array inside a result. */
@@ -352,8 +437,8 @@ typedef struct diffuse_sizes {
   int64_t batch;                 /* images, or embedding rows */
   int64_t height;                /* of the images, after defaults and rounding */
   int64_t width;
-  int64_t latent_tokens;         /* (height / 16) * (width / 16) for FLUX.1 */
-  int64_t latent_channels;       /* num_channels_latents * 4 */
+  int64_t latent_tokens;         /* (height / 16) * (width / 16) for FLUX.1 and Qwen-Image */
+  int64_t latent_channels;       /* num_channels_latents * 4 (packed) */
   int64_t sequence_length;       /* prompt_embeds' tokens */
   int64_t joint_attention_dim;
   int64_t pooled_projection_dim;
@@ -362,6 +447,12 @@ typedef struct diffuse_sizes {
   size_t image_tensor_count;     /* batch * 3 * height * width floats (0 when the call makes none) */
   size_t prompt_embeds_count;    /* encode: batch * sequence_length * joint_attention_dim floats */
   size_t pooled_prompt_embeds_count; /* encode: batch * pooled_projection_dim floats */
+  /* ---- second version ---- */
+  /* The latents' whole shape: packed [batch, latent_tokens, latent_channels] (ndim 3), or SD's [batch,
+     num_channels_latents, height / vae_scale_factor, width / vae_scale_factor] (ndim 4, and then
+     latent_tokens is h * w and latent_channels num_channels_latents). */
+  int32_t latents_ndim;
+  int64_t latents_shape[4];
 } diffuse_sizes;
 
 /* Buffers for the outputs wanted; NULL for those not wanted (at least one). Images are written one
@@ -390,7 +481,9 @@ static inline void diffuse_buffers_init(diffuse_buffers* buffers) {
   diffuse_buffers_init_sized(buffers, sizeof *buffers);
 }
 
-/* Sizes of what the call would write, without running any model. */
+/* Sizes of what the call would write, without running any model. diffuse_encode_sizes and
+   diffuse_encode_into are FLUX.1's (other families' sequence lengths depend on the prompts: use
+   diffuse_encode). */
 DIFFUSE_C_EXPORT diffuse_status diffuse_encode_sizes(diffuse_pipeline* pipeline, const diffuse_encode_request* request,
                                                      diffuse_sizes* sizes);
 DIFFUSE_C_EXPORT diffuse_status diffuse_generate_sizes(diffuse_pipeline* pipeline,

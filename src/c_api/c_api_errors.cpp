@@ -6,6 +6,7 @@
 
 #include "c_api/c_api_internal.hpp"
 #include "diffuse/error.hpp"
+#include "diffuse/errors.hpp"
 
 namespace diffuse::c_api {
 namespace {
@@ -37,6 +38,16 @@ diffuse_status map_current_exception(const char* function) noexcept {
     throw;
   } catch (const CallError& e) {
     return record_error(e.status, function, e.what());
+  } catch (const diffuse::InvalidArgumentError& e) {
+    return record_error(DIFFUSE_ERROR_INVALID_ARGUMENT, function, e.what());
+  } catch (const diffuse::NotFoundError& e) {
+    return record_error(DIFFUSE_ERROR_NOT_FOUND, function, e.what());
+  } catch (const diffuse::CorruptInputError& e) {
+    return record_error(DIFFUSE_ERROR_CORRUPT_INPUT, function, e.what());
+  } catch (const diffuse::OutOfMemoryError& e) {
+    return record_error(DIFFUSE_ERROR_OUT_OF_MEMORY, function, e.what());
+  } catch (const diffuse::DistributedError& e) {
+    return record_error(DIFFUSE_ERROR_DISTRIBUTED, function, e.what());
   } catch (const diffuse::Error& e) {
     return record_error(DIFFUSE_ERROR_FAILED, function, e.what());
   } catch (const c10::OutOfMemoryError& e) {
@@ -76,6 +87,9 @@ const char* diffuse_status_name(diffuse_status status) {
     case DIFFUSE_ERROR_OUT_OF_MEMORY: return "DIFFUSE_ERROR_OUT_OF_MEMORY";
     case DIFFUSE_ERROR_TORCH: return "DIFFUSE_ERROR_TORCH";
     case DIFFUSE_ERROR_INTERNAL: return "DIFFUSE_ERROR_INTERNAL";
+    case DIFFUSE_ERROR_CORRUPT_INPUT: return "DIFFUSE_ERROR_CORRUPT_INPUT";
+    case DIFFUSE_ERROR_DISTRIBUTED: return "DIFFUSE_ERROR_DISTRIBUTED";
+    case DIFFUSE_ERROR_CANCELLED: return "DIFFUSE_ERROR_CANCELLED";
   }
   return "DIFFUSE_ERROR_UNKNOWN";
 }

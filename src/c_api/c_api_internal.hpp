@@ -17,24 +17,31 @@
 
 #include "diffuse/c_api.h"
 #include "diffuse/distributed/distributed.hpp"
-#include "diffuse/io/configs.hpp"
 #include "diffuse/io/image.hpp"
-#include "diffuse/pipelines/flux_pipeline.hpp"
+#include "diffuse/pipelines/diffusion_pipeline.hpp"
 #include "diffuse/version.hpp"
 
 struct diffuse_pipeline {
-  diffuse_pipeline(std::unique_ptr<diffuse::Distributed> world, diffuse::FluxPipeline loaded)
+  diffuse_pipeline(std::unique_ptr<diffuse::Distributed> world, std::unique_ptr<diffuse::DiffusionPipeline> loaded)
       : distributed(std::move(world)), pipe(std::move(loaded)) {}
   // The process group under context parallelism (null without): declared first, so that it outlives
   // the pipeline that uses its communicator.
   std::unique_ptr<diffuse::Distributed> distributed;
-  diffuse::FluxPipeline pipe;
-  // Read at creation, so that sizes are known when the transformer is skipped.
-  diffuse::FluxTransformerConfig transformer_config;
+  // Any family load_pipeline builds (FluxPipeline, StableDiffusionPipeline, QwenImagePipeline).
+  std::unique_ptr<diffuse::DiffusionPipeline> pipe;
+  // Read from the denoiser's config at creation, so that sizes are known when the denoiser is skipped:
+  // prompt_embeds' last dimension (FLUX.1 and Qwen-Image: joint_attention_dim; SD: cross_attention_dim),
+  // FLUX.1's pooled_projection_dim (0 for the others) and guidance_embeds.
+  int64_t embed_dim = 0;
+  int64_t pooled_dim = 0;
+  bool guidance_embeds = false;
   // Serializes calls on this pipeline (generate mutates the scheduler); `owner` is the thread inside,
   // so that a call from one of its own callbacks is refused instead of deadlocking.
   std::mutex mutex;
   std::atomic<std::thread::id> owner{};
+  // Set by diffuse_pipeline_cancel (any thread, no lock); read after each denoising step of the
+  // generate in flight, and cleared when a generate starts.
+  std::atomic<bool> cancel_requested{false};
 };
 
 struct diffuse_result {
@@ -43,6 +50,9 @@ struct diffuse_result {
   at::Tensor image_tensor;
   at::Tensor prompt_embeds;
   at::Tensor pooled_prompt_embeds;
+  at::Tensor negative_prompt_embeds;
+  at::Tensor prompt_embeds_mask;           // as float 0/1
+  at::Tensor negative_prompt_embeds_mask;
   std::vector<diffuse::Image> images;
   bool interrupted = false;
   diffuse_times times{};
@@ -155,6 +165,15 @@ void write_versioned(T* out, const T& full, size_t v1_size, const char* name) {
 
 // The end of a struct's field: versioned structs' first-version sizes are written with it.
 #define DIFFUSE_END_OF(type, field) (offsetof(type, field) + sizeof(((type*)nullptr)->field))
+
+// ---- what differs between families (c_api_families.cpp) ---------------------------------------------
+// The family's encode_prompt; throws InvalidArgumentError for a family the C API cannot encode for.
+PromptEmbeddings encode_prompt(DiffusionPipeline& pipe, const EncodeRequest& request);
+// The family's decode_latents: latents as generate returns them -> [B, 3, height, width] in [0, 1].
+at::Tensor decode_latents(DiffusionPipeline& pipe, const at::Tensor& latents, int64_t height, int64_t width);
+// This process's rank under context parallelism (0 without, and for families without it).
+int parallel_rank(const DiffusionPipeline& pipe);
+bool is_flux(const DiffusionPipeline& pipe);
 
 // A copy of `count` floats of the caller's, shaped.
 at::Tensor tensor_from(const float* data, at::IntArrayRef shape);

@@ -9,6 +9,9 @@
 #include "c_api/c_api_internal.hpp"
 #include "diffuse/dtype.hpp"
 #include "diffuse/error.hpp"
+#include "diffuse/io/json_config.hpp"
+#include "diffuse/models/attention_backend.hpp"
+#include "diffuse/pipelines/pipeline_registry.hpp"
 
 namespace diffuse::c_api {
 namespace {
@@ -46,8 +49,8 @@ void check_parallel_degree(int32_t degree, const char* name) {
   if (degree < 0) invalid(std::string(name) + " must be 0 or more, got " + std::to_string(degree));
 }
 
-FluxPipelineOptions cpp_options(const diffuse_pipeline_options& o) {
-  FluxPipelineOptions options;
+PipelineOptions cpp_options(const diffuse_pipeline_options& o) {
+  PipelineOptions options;
   if (!empty(o.dtype)) {
     try {
       options.dtype = parse_dtype(o.dtype);
@@ -92,14 +95,26 @@ void copy_name(char* target, size_t capacity, const std::string& name) {
   target[length] = '\0';
 }
 
-// Where the first loaded model's weights are ("cpu" when none is loaded).
-std::string loaded_device(FluxPipeline& pipe) {
-  auto device_of = [](const torch::nn::Module& module) { return module.parameters().front().device().str(); };
-  if (pipe.has("transformer")) return device_of(*pipe.transformer());
-  if (pipe.has("text_encoder_2")) return device_of(*pipe.text_encoder_2());
-  if (pipe.has("text_encoder")) return device_of(*pipe.text_encoder());
-  if (pipe.has("vae")) return device_of(*pipe.vae());
+// Where the first loaded model runs ("cpu" when none is loaded).
+std::string loaded_device(const DiffusionPipeline& pipe) {
+  for (const std::string& name : pipe.spec().model_cpu_offload_seq)
+    if (pipe.has(name)) return pipe.execution_device(name).str();
   return "cpu";
+}
+
+// prompt_embeds' width and FLUX.1's pooled width and guidance flag, from the denoiser's config (read
+// from the folder, so that they are known when the denoiser is skipped).
+void read_denoiser_dims(const std::filesystem::path& folder, diffuse_pipeline& p) {
+  namespace fs = std::filesystem;
+  if (fs::exists(folder / "transformer" / "config.json")) {
+    const JsonConfig config = JsonConfig::load(folder / "transformer" / "config.json");
+    p.embed_dim = config.get_int("joint_attention_dim", 0);
+    p.pooled_dim = config.get_int("pooled_projection_dim", 0);
+    p.guidance_embeds = config.get_bool("guidance_embeds", false);
+  } else if (fs::exists(folder / "unet" / "config.json")) {
+    const JsonConfig config = JsonConfig::load(folder / "unet" / "config.json");
+    p.embed_dim = config.get_int("cross_attention_dim", 0);
+  }
 }
 
 }  // namespace
@@ -133,7 +148,7 @@ diffuse_status diffuse_pipeline_create(const char* folder, const diffuse_pipelin
     if (*folder == '\0') invalid("folder is empty");
     const diffuse_pipeline_options o =
         options == nullptr ? default_options() : read_versioned(options, default_options(), kOptionsV1, "options");
-    diffuse::FluxPipelineOptions cpp = cpp_options(o);
+    diffuse::PipelineOptions cpp = cpp_options(o);
 
     namespace fs = std::filesystem;
     const fs::path path(folder);
@@ -145,22 +160,30 @@ diffuse_status diffuse_pipeline_create(const char* folder, const diffuse_pipelin
     // this rank's GPU.
     std::unique_ptr<diffuse::Distributed> world;
     if (cpp.parallel_config) {
-      world = std::make_unique<diffuse::Distributed>(diffuse::Distributed::init());
+      try {
+        world = std::make_unique<diffuse::Distributed>(diffuse::Distributed::init());
+      } catch (const diffuse::Error& e) {
+        fail(DIFFUSE_ERROR_DISTRIBUTED, e.what());
+      }
       if (cpp.device == "cuda" && world->device().is_cuda()) cpp.device = world->device().str();
       cpp.parallel_world = world->shared_communicator();
     }
-    auto pipeline = std::make_unique<diffuse_pipeline>(
-        std::move(world), diffuse::FluxPipeline::from_pretrained(path, std::move(cpp)));
-    pipeline->transformer_config =
-        pipeline->pipe.has("transformer")
-            ? pipeline->pipe.transformer()->config()
-            : diffuse::FluxTransformerConfig::from_file(path / "transformer" / "config.json");
+    auto pipeline =
+        std::make_unique<diffuse_pipeline>(std::move(world), diffuse::load_pipeline(path, std::move(cpp)));
+    read_denoiser_dims(path, *pipeline);
     *out = pipeline.release();
     return DIFFUSE_OK;
   });
 }
 
 void diffuse_pipeline_free(diffuse_pipeline* pipeline) { delete pipeline; }
+
+diffuse_status diffuse_pipeline_cancel(diffuse_pipeline* pipeline) {
+  return guarded("diffuse_pipeline_cancel", [&] {
+    require(pipeline, "pipeline").cancel_requested.store(true);
+    return DIFFUSE_OK;
+  });
+}
 
 diffuse_status diffuse_pipeline_get_info(diffuse_pipeline* pipeline, diffuse_pipeline_info* info) {
   return guarded("diffuse_pipeline_get_info", [&] {
@@ -170,17 +193,25 @@ diffuse_status diffuse_pipeline_get_info(diffuse_pipeline* pipeline, diffuse_pip
     diffuse_pipeline_info full;
     std::memset(&full, 0, sizeof full);
     full.struct_size = sizeof full;
-    full.vae_scale_factor = p.pipe.vae_scale_factor();
-    full.num_channels_latents = p.pipe.num_channels_latents();
-    full.joint_attention_dim = p.transformer_config.joint_attention_dim;
-    full.pooled_projection_dim = p.transformer_config.pooled_projection_dim;
-    full.default_height = diffuse::FluxPipeline::default_sample_size * p.pipe.vae_scale_factor();
-    full.default_width = full.default_height;
-    full.guidance_embeds = p.transformer_config.guidance_embeds ? 1 : 0;
-    copy_name(full.dtype, sizeof full.dtype, diffuse::dtype_name(p.pipe.dtype()));
-    copy_name(full.device, sizeof full.device, loaded_device(p.pipe));
-    full.parallel_rank = p.pipe.parallel_rank();
+    const diffuse::PipelineInfo family = p.pipe->info();
+    full.vae_scale_factor = family.vae_scale_factor;
+    full.num_channels_latents = family.num_channels_latents;
+    full.joint_attention_dim = p.embed_dim;
+    full.pooled_projection_dim = p.pooled_dim;
+    full.default_height = family.default_height;
+    full.default_width = family.default_width;
+    full.guidance_embeds = p.guidance_embeds ? 1 : 0;
+    copy_name(full.dtype, sizeof full.dtype, diffuse::dtype_name(p.pipe->dtype()));
+    copy_name(full.device, sizeof full.device, loaded_device(*p.pipe));
+    full.parallel_rank = parallel_rank(*p.pipe);
     full.parallel_world_size = p.distributed ? p.distributed->world_size() : 1;
+    copy_name(full.class_name, sizeof full.class_name, family.class_name);
+    full.size_multiple = family.size_multiple;
+    full.default_steps = family.default_steps;
+    full.default_guidance_scale = family.default_guidance_scale;
+    full.packed_latents = family.packed_latents ? 1 : 0;
+    full.uses_negative_prompt = family.uses_negative_prompt ? 1 : 0;
+    copy_name(full.scheduler, sizeof full.scheduler, family.scheduler);
     write_versioned(info, full, kInfoV1, "info");
     return DIFFUSE_OK;
   });
@@ -193,7 +224,7 @@ diffuse_status diffuse_pipeline_has(diffuse_pipeline* pipeline, const char* comp
     int& result = require(loaded, "loaded");
     PipelineCall call(p);
     try {
-      result = p.pipe.has(component) ? 1 : 0;
+      result = p.pipe->has(component) ? 1 : 0;
     } catch (const diffuse::Error& e) {
       invalid(e.what());
     }
@@ -207,7 +238,7 @@ diffuse_status diffuse_pipeline_release(diffuse_pipeline* pipeline, const char* 
     require(component, "component");
     PipelineCall call(p);
     try {
-      p.pipe.release(component);
+      p.pipe->release(component);
     } catch (const diffuse::Error& e) {
       invalid(e.what());
     }

@@ -29,6 +29,15 @@ diffuse_status diffuse_result_tensor(const diffuse_result* result, diffuse_tenso
       case DIFFUSE_TENSOR_IMAGE: tensor = &r.image_tensor; what = "an image tensor"; break;
       case DIFFUSE_TENSOR_PROMPT_EMBEDS: tensor = &r.prompt_embeds; what = "prompt_embeds"; break;
       case DIFFUSE_TENSOR_POOLED_PROMPT_EMBEDS: tensor = &r.pooled_prompt_embeds; what = "pooled_prompt_embeds"; break;
+      case DIFFUSE_TENSOR_NEGATIVE_PROMPT_EMBEDS:
+        tensor = &r.negative_prompt_embeds;
+        what = "negative_prompt_embeds";
+        break;
+      case DIFFUSE_TENSOR_PROMPT_EMBEDS_MASK: tensor = &r.prompt_embeds_mask; what = "prompt_embeds_mask"; break;
+      case DIFFUSE_TENSOR_NEGATIVE_PROMPT_EMBEDS_MASK:
+        tensor = &r.negative_prompt_embeds_mask;
+        what = "negative_prompt_embeds_mask";
+        break;
       default: invalid("unknown tensor name " + std::to_string(static_cast<int>(name)));
     }
     if (!tensor->defined()) fail(DIFFUSE_ERROR_NOT_FOUND, std::string("this result has no ") + what);

@@ -45,16 +45,16 @@ struct GlooState {
 
   void ensure_usable() {
     std::lock_guard<std::mutex> lock(mutex);
-    if (!broken.empty()) throw Error(broken);
+    if (!broken.empty()) throw DistributedError(broken);
   }
 
-  Error failure(const std::string& what, uint64_t op, const std::vector<int>& peers, const std::exception& cause) {
+  DistributedError failure(const std::string& what, uint64_t op, const std::vector<int>& peers, const std::exception& cause) {
     {
       std::lock_guard<std::mutex> lock(mutex);
-      if (!broken.empty()) return Error(broken);
+      if (!broken.empty()) return DistributedError(broken);
     }
     const Blame blame = membership->diagnose(peers, name, op);
-    Error error = membership->fail(what, blame, cause.what());
+    DistributedError error = membership->fail(what, blame, cause.what());
     std::lock_guard<std::mutex> lock(mutex);
     broken = error.what();
     // Destroy the group now: its sockets to the others close, so that they fail fast too.

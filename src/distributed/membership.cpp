@@ -65,8 +65,8 @@ Membership::~Membership() {
 
 // ---- store access ------------------------------------------------------------------------------
 
-Error Membership::store_lost(const std::exception& e) const {
-  return Error(options_.store_owner + " is gone: the rendezvous store it hosts no longer answers (" +
+DistributedError Membership::store_lost(const std::exception& e) const {
+  return DistributedError(options_.store_owner + " is gone: the rendezvous store it hosts no longer answers (" +
                first_line(e.what()) + ")");
 }
 
@@ -247,7 +247,7 @@ Blame Membership::diagnose(const std::vector<int>& ranks, const std::string& pro
 
 // ---- this rank's own news ----------------------------------------------------------------------
 
-Error Membership::fail(const std::string& what, const Blame& blame, const std::string& cause) {
+DistributedError Membership::fail(const std::string& what, const Blame& blame, const std::string& cause) {
   std::string message = what + " failed on rank " + std::to_string(options_.rank) + ": " + blame.reason;
   if (!cause.empty()) message += " [" + first_line(cause) + "]";
   try {
@@ -260,7 +260,7 @@ Error Membership::fail(const std::string& what, const Blame& blame, const std::s
     std::lock_guard<std::mutex> lock(stop_mutex_);
     left_ = true;  // "failed" stays the last word
   }
-  return Error(message);
+  return DistributedError(message);
 }
 
 void Membership::leave() {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "diffuse/error.hpp"
+#include "diffuse/errors.hpp"
 
 namespace diffuse::distributed_detail {
 
@@ -86,7 +87,7 @@ class Membership {
 
   // The error for `what` failing on this rank; publishes the failure, so that the others blame the
   // same rank rather than this one.
-  Error fail(const std::string& what, const Blame& blame, const std::string& cause = "");
+  DistributedError fail(const std::string& what, const Blame& blame, const std::string& cause = "");
   // Publishes that this rank leaves, and stops the heartbeat.
   void leave();
   // For the store's host before it closes the store: waits (within the timeout) until every other
@@ -109,7 +110,7 @@ class Membership {
   void observe(const std::vector<int>& ranks);  // reads beats, notes when each last changed
   bool silent(int rank);                         // no beat change for 3 intervals
   std::map<std::string, uint64_t> progress_of(int rank);
-  Error store_lost(const std::exception& e) const;
+  DistributedError store_lost(const std::exception& e) const;
   void heartbeat_loop();
   std::string beat_value();
 

@@ -72,19 +72,19 @@ struct NcclState {
 
   void ensure_usable() {
     std::lock_guard<std::mutex> lock(mutex);
-    if (!broken.empty()) throw Error(broken);
+    if (!broken.empty()) throw DistributedError(broken);
     if (comm == nullptr) throw Error("nccl communicator " + name + " is closed");
   }
 
   // Records the failure (once), aborts the communicator and returns the error to throw.
-  Error fail(const std::string& what, const Blame& blame, const std::string& cause) {
+  DistributedError fail(const std::string& what, const Blame& blame, const std::string& cause) {
     {
       std::lock_guard<std::mutex> lock(mutex);
-      if (!broken.empty()) return Error(broken);
+      if (!broken.empty()) return DistributedError(broken);
     }
-    Error error = membership->fail(what, blame, cause);
+    DistributedError error = membership->fail(what, blame, cause);
     std::lock_guard<std::mutex> lock(mutex);
-    if (!broken.empty()) return Error(broken);
+    if (!broken.empty()) return DistributedError(broken);
     broken = error.what();
     if (comm != nullptr) {
       ncclCommAbort(comm);  // also ends the kernels that wait for a peer that will never come
@@ -93,10 +93,10 @@ struct NcclState {
     return error;
   }
 
-  Error fail(const std::string& what, uint64_t op, const std::vector<int>& peers, const std::string& cause) {
+  DistributedError fail(const std::string& what, uint64_t op, const std::vector<int>& peers, const std::string& cause) {
     {
       std::lock_guard<std::mutex> lock(mutex);
-      if (!broken.empty()) return Error(broken);
+      if (!broken.empty()) return DistributedError(broken);
     }
     return fail(what, membership->diagnose(peers, name, op), cause);
   }
@@ -110,7 +110,7 @@ struct NcclState {
       ncclResult_t state = ncclSuccess;
       {
         std::lock_guard<std::mutex> lock(mutex);
-        if (!broken.empty()) throw Error(broken);
+        if (!broken.empty()) throw DistributedError(broken);
         const ncclResult_t r = ncclCommGetAsyncError(c, &state);
         if (r != ncclSuccess) state = r;
       }

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "diffuse/error.hpp"
+#include "diffuse/errors.hpp"
 #include "io/json_text.hpp"
 
 namespace diffuse {
@@ -19,7 +20,10 @@ JsonConfig::JsonConfig(std::shared_ptr<const Value> root, std::string source)
 
 JsonConfig JsonConfig::load(const std::filesystem::path& file) {
   std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error(file.string() + ": cannot open config");
+  if (!in) {
+    if (!std::filesystem::exists(file)) throw NotFoundError(file.string() + ": cannot open config: no such file");
+    throw Error(file.string() + ": cannot open config");
+  }
   std::stringstream text;
   text << in.rdbuf();
   return parse(text.str(), file.string());
@@ -92,8 +96,8 @@ nlohmann::json parse_python_json(std::string_view text) {
 JsonConfig JsonConfig::parse(std::string_view text, std::string source) {
   auto value = std::make_shared<Value>();
   value->json = parse_python_json(text);
-  if (value->json.is_discarded()) throw Error(source + ": not valid JSON");
-  if (!value->json.is_object()) throw Error(source + ": expected a JSON object at the top level");
+  if (value->json.is_discarded()) throw CorruptInputError(source + ": not valid JSON");
+  if (!value->json.is_object()) throw CorruptInputError(source + ": expected a JSON object at the top level");
   return JsonConfig(std::move(value), std::move(source));
 }
 
@@ -118,7 +122,7 @@ const nlohmann::json* lookup(const nlohmann::json& root, std::string_view key) {
                              const nlohmann::json& value) {
   // Only scalars are quoted: dumping an array or object could be huge, or nested deep enough to
   // exhaust the stack.
-  throw Error(source + ": key '" + std::string(key) + "' should be " + expected + ", got " + value.type_name() +
+  throw CorruptInputError(source + ": key '" + std::string(key) + "' should be " + expected + ", got " + value.type_name() +
               (value.is_primitive() ? " " + value.dump() : std::string()));
 }
 

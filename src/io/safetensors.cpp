@@ -14,6 +14,7 @@
 #include <fstream>
 
 #include "diffuse/error.hpp"
+#include "diffuse/errors.hpp"
 #include "io/atomic_file.hpp"
 
 namespace diffuse {
@@ -100,7 +101,11 @@ struct SafetensorsFile::Mapping {
 
 SafetensorsFile::SafetensorsFile(std::filesystem::path path) : path_(std::move(path)) {
   int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(where(path_) + "cannot open: " + std::strerror(errno));
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) throw NotFoundError(where(path_) + "cannot open: " + std::strerror(err));
+    throw Error(where(path_) + "cannot open: " + std::strerror(err));
+  }
   struct stat st {};
   if (fstat(fd, &st) != 0) {
     int err = errno;
@@ -111,7 +116,7 @@ SafetensorsFile::SafetensorsFile(std::filesystem::path path) : path_(std::move(p
   mapping->size = static_cast<size_t>(st.st_size);
   if (mapping->size < 8) {
     ::close(fd);
-    throw Error(where(path_) + "truncated: " + std::to_string(mapping->size) +
+    throw CorruptInputError(where(path_) + "truncated: " + std::to_string(mapping->size) +
                 " bytes, shorter than the 8-byte header length");
   }
   mapping->address = mmap(nullptr, mapping->size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -124,69 +129,69 @@ SafetensorsFile::SafetensorsFile(std::filesystem::path path) : path_(std::move(p
   uint64_t header_length = 0;
   std::memcpy(&header_length, mapping->address, 8);  // little-endian, as x86 and arm64 are
   if (header_length > kMaxHeaderBytes)
-    throw Error(where(path_) + "header length " + std::to_string(header_length) +
+    throw CorruptInputError(where(path_) + "header length " + std::to_string(header_length) +
                 " is over the 100 MB limit (corrupt or not a safetensors file)");
   if (8 + header_length > mapping->size)
-    throw Error(where(path_) + "header length " + std::to_string(header_length) +
+    throw CorruptInputError(where(path_) + "header length " + std::to_string(header_length) +
                 " runs past the end of the file (" + std::to_string(mapping->size) + " bytes): truncated?");
   mapping->data_offset = 8 + header_length;
 
   const char* header_text = static_cast<const char*>(mapping->address) + 8;
   nlohmann::json header = nlohmann::json::parse(header_text, header_text + header_length, nullptr,
                                                 /*allow_exceptions=*/false);
-  if (header.is_discarded()) throw Error(where(path_) + "header is not valid JSON");
-  if (!header.is_object()) throw Error(where(path_) + "header is not a JSON object");
+  if (header.is_discarded()) throw CorruptInputError(where(path_) + "header is not valid JSON");
+  if (!header.is_object()) throw CorruptInputError(where(path_) + "header is not a JSON object");
 
   const uint64_t data_size = mapping->data_size();
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
-      if (!entry.is_object()) throw Error(where(path_) + "__metadata__ is not an object");
+      if (!entry.is_object()) throw CorruptInputError(where(path_) + "__metadata__ is not an object");
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string())
-          throw Error(where(path_) + "__metadata__ value of '" + key + "' is not a string");
+          throw CorruptInputError(where(path_) + "__metadata__ value of '" + key + "' is not a string");
         metadata_[key] = value.get<std::string>();
       }
       continue;
     }
     const std::string at = where(path_) + "tensor '" + name + "': ";
-    if (!entry.is_object()) throw Error(at + "entry is not an object");
+    if (!entry.is_object()) throw CorruptInputError(at + "entry is not an object");
     if (!entry.contains("dtype") || !entry["dtype"].is_string())
-      throw Error(at + "missing string 'dtype'");
+      throw CorruptInputError(at + "missing string 'dtype'");
     if (!entry.contains("shape") || !entry["shape"].is_array())
-      throw Error(at + "missing array 'shape'");
+      throw CorruptInputError(at + "missing array 'shape'");
     if (!entry.contains("data_offsets") || !entry["data_offsets"].is_array() ||
         entry["data_offsets"].size() != 2)
-      throw Error(at + "missing 'data_offsets' [begin, end]");
+      throw CorruptInputError(at + "missing 'data_offsets' [begin, end]");
 
     TensorInfo info;
     info.name = name;
     info.dtype = entry["dtype"].get<std::string>();
     auto element_size = element_size_of(info.dtype);
-    if (!element_size) throw Error(at + "unknown dtype '" + info.dtype + "'");
+    if (!element_size) throw CorruptInputError(at + "unknown dtype '" + info.dtype + "'");
     for (const auto& dim : entry["shape"]) {
-      if (!dim.is_number_unsigned()) throw Error(at + "shape has an entry that is not a non-negative integer");
+      if (!dim.is_number_unsigned()) throw CorruptInputError(at + "shape has an entry that is not a non-negative integer");
       if (dim.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-        throw Error(at + "shape entry " + std::to_string(dim.get<uint64_t>()) + " is too large");
+        throw CorruptInputError(at + "shape entry " + std::to_string(dim.get<uint64_t>()) + " is too large");
       info.shape.push_back(dim.get<int64_t>());
     }
     for (const auto& offset : entry["data_offsets"])
-      if (!offset.is_number_unsigned()) throw Error(at + "data_offsets must be non-negative integers");
+      if (!offset.is_number_unsigned()) throw CorruptInputError(at + "data_offsets must be non-negative integers");
     info.data_begin = entry["data_offsets"][0].get<uint64_t>();
     info.data_end = entry["data_offsets"][1].get<uint64_t>();
     if (info.data_begin > info.data_end)
-      throw Error(at + "data_offsets begin " + std::to_string(info.data_begin) + " is after end " +
+      throw CorruptInputError(at + "data_offsets begin " + std::to_string(info.data_begin) + " is after end " +
                   std::to_string(info.data_end));
     if (info.data_end > data_size)
-      throw Error(at + "data_offsets end " + std::to_string(info.data_end) +
+      throw CorruptInputError(at + "data_offsets end " + std::to_string(info.data_end) +
                   " is past the data section (" + std::to_string(data_size) + " bytes): truncated?");
     uint64_t expected = *element_size;
     int64_t elements = 1;  // must fit int64 too, even when a zero dimension makes the bytes 0
     for (int64_t dim : info.shape)
       if (__builtin_mul_overflow(expected, static_cast<uint64_t>(dim), &expected) ||
           __builtin_mul_overflow(elements, dim, &elements))
-        throw Error(at + "shape is too large (its size overflows 64 bits)");
+        throw CorruptInputError(at + "shape is too large (its size overflows 64 bits)");
     if (expected != info.byte_size())
-      throw Error(at + "shape and dtype " + info.dtype + " need " + std::to_string(expected) +
+      throw CorruptInputError(at + "shape and dtype " + info.dtype + " need " + std::to_string(expected) +
                   " bytes but data_offsets span " + std::to_string(info.byte_size()));
     tensors_.push_back(std::move(info));
   }
@@ -203,16 +208,16 @@ SafetensorsFile::SafetensorsFile(std::filesystem::path path) : path_(std::move(p
   const TensorInfo* previous = nullptr;
   for (const TensorInfo* t : by_offset) {
     if (t->data_begin < covered)
-      throw Error(where(path_) + "tensors '" + previous->name + "' and '" + t->name + "' have overlapping data_offsets");
+      throw CorruptInputError(where(path_) + "tensors '" + previous->name + "' and '" + t->name + "' have overlapping data_offsets");
     if (t->data_begin > covered)
-      throw Error(where(path_) + "data section: bytes " + std::to_string(covered) + " to " +
+      throw CorruptInputError(where(path_) + "data section: bytes " + std::to_string(covered) + " to " +
                   std::to_string(t->data_begin) + " belong to no tensor (tensor '" + t->name + "' starts at " +
                   std::to_string(t->data_begin) + ")");
     covered = t->data_end;
     previous = t;
   }
   if (covered != data_size)
-    throw Error(where(path_) + "data section has " + std::to_string(data_size) + " bytes but its tensors cover " +
+    throw CorruptInputError(where(path_) + "data section has " + std::to_string(data_size) + " bytes but its tensors cover " +
                 std::to_string(covered) + ": the rest belongs to no tensor (trailing bytes, or a damaged header)");
   std::sort(tensors_.begin(), tensors_.end(),
             [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
@@ -227,7 +232,7 @@ const TensorInfo* SafetensorsFile::find(std::string_view name) const {
 
 const TensorInfo& SafetensorsFile::info(std::string_view name) const {
   const TensorInfo* info = find(name);
-  if (info == nullptr) throw Error(where(path_) + "no tensor named '" + std::string(name) + "'");
+  if (info == nullptr) throw CorruptInputError(where(path_) + "no tensor named '" + std::string(name) + "'");
   return *info;
 }
 

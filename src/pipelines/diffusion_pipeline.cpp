@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "diffuse/error.hpp"
+#include "diffuse/errors.hpp"
 #include "diffuse/pipelines/component_registry.hpp"
 #include "diffuse/placement/device_memory.hpp"
 #include "diffuse/placement/dispatch.hpp"
@@ -39,7 +40,7 @@ bool DiffusionPipeline::is_declared(const std::string& component) const {
 void DiffusionPipeline::load_components(const std::filesystem::path& folder, PipelineOptions& options) {
   const auto index_path = folder / "model_index.json";
   if (!std::filesystem::exists(index_path))
-    throw Error(folder.string() + ": no model_index.json (not a diffusers pipeline folder)");
+    throw NotFoundError(folder.string() + ": no model_index.json (not a diffusers pipeline folder)");
   const ModelIndex index = ModelIndex::from_file(index_path);
   const std::string& family = spec_.class_name;
   if (index.class_name != family)
@@ -60,7 +61,7 @@ void DiffusionPipeline::load_components(const std::filesystem::path& folder, Pip
   for (const auto& c : spec_.components) {
     auto entry = index.components.find(c.name);
     if (entry == index.components.end())
-      throw Error(index_path.string() + ": component '" + c.name + "' is missing (" + family + " needs it)");
+      throw NotFoundError(index_path.string() + ": component '" + c.name + "' is missing (" + family + " needs it)");
     if (!contains(c.classes, entry->second.class_name))
       throw Error(index_path.string() + ": component '" + c.name + "' has class " + entry->second.class_name +
                   ", which diffuse does not implement for " + family + " (expected " + join(c.classes) + ")");
@@ -134,7 +135,7 @@ void DiffusionPipeline::load_components(const std::filesystem::path& folder, Pip
 std::filesystem::path DiffusionPipeline::component_folder(const std::string& name) const {
   const auto path = folder_ / name;
   if (!std::filesystem::is_directory(path))
-    throw Error(folder_.string() + ": component folder '" + name + "' is missing");
+    throw NotFoundError(folder_.string() + ": component folder '" + name + "' is missing");
   return path;
 }
 

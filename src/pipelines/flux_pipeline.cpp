@@ -9,6 +9,7 @@
 
 #include "diffuse/distributed/communicator.hpp"
 #include "diffuse/error.hpp"
+#include "diffuse/errors.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
@@ -179,7 +180,7 @@ void FluxPipeline::check_memory_for(const GenerateRequest& request, int64_t heig
     if (decoder > need.bytes) need = {decoder, "the VAE decoder at full resolution"};
   }
   if (need.bytes > available)
-    throw Error("a " + std::to_string(height) + "x" + std::to_string(width) + " image needs at least " +
+    throw OutOfMemoryError("a " + std::to_string(height) + "x" + std::to_string(width) + " image needs at least " +
                 format_bytes(need.bytes) + " on " + device.str() + " for " + need.what + ", but " +
                 format_bytes(available) + " is available; ask for a smaller size" +
                 (need.what.find("math") != std::string::npos ? " or run on a GPU with a fused attention backend" : ""));

@@ -9,6 +9,7 @@
 
 #include "diffuse/distributed/communicator.hpp"
 #include "diffuse/error.hpp"
+#include "diffuse/errors.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
@@ -108,7 +109,7 @@ PipelineInfo QwenImagePipeline::info() const {
           .default_height = default_sample_size * vae_scale_factor_,
           .default_width = default_sample_size * vae_scale_factor_,
           .default_steps = kDefaultSteps,
-          .default_guidance_scale = 1,  // the transformer is not guidance-distilled
+          .default_guidance_scale = kDefaultTrueCfgScale,
           .num_channels_latents = num_channels_latents_,
           .packed_latents = true,
           .uses_negative_prompt = true,
@@ -252,7 +253,7 @@ void QwenImagePipeline::check_memory_for(const GenerateRequest& request, int64_t
     if (decoder > need) need = decoder, what = "the VAE decoder at full resolution";
   }
   if (need > available)
-    throw Error("a " + std::to_string(height) + "x" + std::to_string(width) + " image needs at least " +
+    throw OutOfMemoryError("a " + std::to_string(height) + "x" + std::to_string(width) + " image needs at least " +
                 format_bytes(need) + " on " + device.str() + " for " + what + ", but " + format_bytes(available) +
                 " is available; ask for a smaller size" +
                 (what.find("math") != std::string::npos ? " or run on a GPU with a fused attention backend" : ""));

@@ -16,17 +16,34 @@
 #include "diffuse/io/json_config.hpp"
 #include "io/atomic_file.hpp"
 #include "log.hpp"
+#include "random_pipeline_support.hpp"
+#include "tokenizers/byte_level_bpe.hpp"
 #include "tokenizers/sentencepiece_model.hpp"
 
 namespace diffuse {
+namespace random_detail {
+
+void write_json(const std::filesystem::path& path, const nlohmann::json& value) {
+  write_file_atomically(path, [&](std::ostream& out) { out << value.dump(2) << "\n"; });
+}
+
+// Random weights for one module, written under diffusers' file name.
+void write_weights(torch::nn::Module& module, const std::filesystem::path& folder, const std::string& base_name,
+                   const RandomPipelineOptions& options, uint64_t seed) {
+  init_random_parameters(module, seed);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
+  save_checkpoint(folder, base_name, tensors, options.max_shard_bytes);
+}
+
+}  // namespace random_detail
+
 namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
+using namespace random_detail;
 
-void write_json(const fs::path& path, const json& value) {
-  write_file_atomically(path, [&](std::ostream& out) { out << value.dump(2) << "\n"; });
-}
 
 json clip_config_json(const ClipTextConfig& c) {
   return {{"architectures", {"CLIPTextModel"}},
@@ -116,42 +133,14 @@ json scheduler_config_json(const FlowMatchEulerDiscreteSchedulerConfig& c) {
           {"stochastic_sampling", false}};
 }
 
-// Random weights for one module, written under diffusers' file name.
-void write_weights(torch::nn::Module& module, const fs::path& folder, const std::string& base_name,
-                   const RandomPipelineOptions& options, uint64_t seed) {
-  init_random_parameters(module, seed);
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
-  save_checkpoint(folder, base_name, tensors, options.max_shard_bytes);
-}
-
-// GPT-2's reversible byte -> printable character map, which CLIP's vocabulary is written in.
-std::vector<std::string> byte_level_alphabet() {
-  std::vector<std::string> alphabet(256);
-  int next = 256;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    const int code_point = printable ? b : next++;
-    std::string utf8;
-    if (code_point < 0x80) {
-      utf8 += static_cast<char>(code_point);
-    } else {
-      utf8 += static_cast<char>(0xC0 | (code_point >> 6));
-      utf8 += static_cast<char>(0x80 | (code_point & 0x3F));
-    }
-    alphabet[b] = utf8;
-  }
-  return alphabet;
-}
-
 // A CLIP vocabulary of single bytes (with and without the end-of-word mark) and no merges: every
 // text tokenizes, one byte per token.
 void write_clip_tokenizer(const fs::path& folder, const ClipTextConfig& config) {
   fs::create_directories(folder);
   json vocab = json::object();
   int64_t id = 0;
-  for (const std::string& symbol : byte_level_alphabet()) vocab[symbol] = id++;
-  for (const std::string& symbol : byte_level_alphabet()) vocab[symbol + "</w>"] = id++;
+  for (const std::string& symbol : tokenizers::byte_level_alphabet()) vocab[symbol] = id++;
+  for (const std::string& symbol : tokenizers::byte_level_alphabet()) vocab[symbol + "</w>"] = id++;
   vocab["<|startoftext|>"] = config.bos_token_id;
   vocab["<|endoftext|>"] = config.eos_token_id;
   write_json(folder / "vocab.json", vocab);
@@ -335,10 +324,14 @@ void write_random_sd_pipeline(const fs::path& folder, const RandomPipelineOption
 
 }  // namespace
 
-std::vector<std::string> random_pipeline_shape_names() { return {"flux-tiny", "flux-dev", "sd15-tiny", "sd15"}; }
+std::vector<std::string> random_pipeline_shape_names() {
+  return {"flux-tiny", "flux-dev", "sd15-tiny", "sd15", "qwen-image-tiny", "qwen-image"};
+}
 
 void write_random_pipeline(const fs::path& folder, const RandomPipelineOptions& options) {
   if (options.shape == "sd15" || options.shape == "sd15-tiny") return write_random_sd_pipeline(folder, options);
+  if (options.shape == "qwen-image" || options.shape == "qwen-image-tiny")
+    return write_random_qwenimage_pipeline(folder, options);
   write_random_flux_pipeline(folder, options);
 }
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "diffuse/error.hpp"
+#include "diffuse/errors.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
@@ -163,7 +164,7 @@ void StableDiffusionPipeline::check_memory_for(int64_t rows, int64_t height, int
     if (decoder > need) need = decoder, what = "the VAE decoder at full resolution";
   }
   if (need > available)
-    throw Error("a " + std::to_string(height) + "x" + std::to_string(width) + " image needs at least " +
+    throw OutOfMemoryError("a " + std::to_string(height) + "x" + std::to_string(width) + " image needs at least " +
                 format_bytes(need) + " on " + device.str() + " for " + what + ", but " + format_bytes(available) +
                 " is available; ask for a smaller size");
 }

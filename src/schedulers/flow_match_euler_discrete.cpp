@@ -40,6 +40,12 @@ template <typename T>
 void stretch_to_terminal(std::vector<T>& sigmas, double shift_terminal) {
   const T one = T(1);
   const T scale = (one - sigmas.back()) / T(1.0 - shift_terminal);
+  // A schedule that ends at sigma 1 (a single step from pure noise) has nothing to stretch: diffusers
+  // divides by zero there and denoises with NaN timesteps.
+  if (!(scale != T(0)))
+    throw Error("FlowMatchEulerDiscreteScheduler: shift_terminal " + std::to_string(shift_terminal) +
+                " stretches the schedule to end there, but its last sigma is 1 (one step from pure noise); "
+                "use at least 2 steps");
   for (T& s : sigmas) s = one - (one - s) / scale;
 }
 

@@ -151,8 +151,8 @@ struct PipelineInfo {
   int64_t default_height = 512;
   int64_t default_width = 512;
   int64_t default_steps = 50;
-  // guidance_scale's default: FLUX.1's distilled guidance (3.5), SD's classifier-free guidance (7.5);
-  // 1 where the family's transformer takes none (Qwen-Image).
+  // The family's guidance scale's default: FLUX.1's distilled guidance (3.5), SD's classifier-free
+  // guidance (7.5); Qwen-Image, whose transformer takes no guidance_scale: its true_cfg_scale's (4).
   double default_guidance_scale = 7.5;
   int64_t num_channels_latents = 4;
   bool packed_latents = false;     // FLUX.1 packs 2x2 patches into tokens

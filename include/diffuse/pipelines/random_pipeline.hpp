@@ -1,6 +1,7 @@
 #pragma once
 // Pipeline folders with random weights, in diffusers' format, for tests, demos and benchmarks: the
-// same layout, config keys and tensor names as a published FLUX.1 or SD 1.5 folder, at a named shape.
+// same layout, config keys and tensor names as a published FLUX.1, SD 1.5 or Qwen-Image folder, at a
+// named shape.
 
 #include <c10/core/ScalarType.h>
 
@@ -39,13 +40,18 @@ struct RandomPipelineOptions {
   std::optional<std::filesystem::path> tokenizers_from;
   // Components larger than this are written as shards with an index, as diffusers does.
   uint64_t max_shard_bytes = uint64_t{5} << 30;
+  // Qwen-Image: this many transformer blocks instead of the shape's (the real width with fewer blocks,
+  // for a folder that fits a small disk).
+  std::optional<int64_t> transformer_layers;
 };
 
-// Every shape write_random_pipeline knows: flux-tiny, flux-dev, sd15-tiny (the tiny-sd fixture's sizes)
-// and sd15 (Stable Diffusion 1.5's real sizes: an 860M-parameter UNet, CLIP ViT-L/14, the SD VAE).
+// Every shape write_random_pipeline knows: flux-tiny, flux-dev, sd15-tiny (the tiny-sd fixture's sizes),
+// sd15 (Stable Diffusion 1.5's real sizes: an 860M-parameter UNet, CLIP ViT-L/14, the SD VAE),
+// qwen-image-tiny (the tiny-qwenimage fixture's sizes) and qwen-image (Qwen-Image's: a 20B transformer,
+// Qwen2.5-VL-7B's language model, the causal-3D VAE).
 std::vector<std::string> random_pipeline_shape_names();
-// Writes the folder of options.shape, FLUX.1 or SD 1.5 (created if needed; existing files of the same
-// names are replaced). A FLUX.1 shape goes to write_random_flux_pipeline.
+// Writes the folder of options.shape, FLUX.1, SD 1.5 or Qwen-Image (created if needed; existing files of
+// the same names are replaced). A FLUX.1 shape goes to write_random_flux_pipeline.
 void write_random_pipeline(const std::filesystem::path& folder, const RandomPipelineOptions& options = {});
 
 // Writes the folder (created if needed; existing files of the same names are replaced).

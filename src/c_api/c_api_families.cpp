@@ -1,0 +1,33 @@
+// The few calls the C API makes that are not on DiffusionPipeline: each family's encode_prompt and
+// decode_latents have their own signatures, so they are reached through the family's class.
+
+#include "c_api/c_api_internal.hpp"
+#include "diffuse/pipelines/flux_pipeline.hpp"
+#include "diffuse/pipelines/qwenimage_pipeline.hpp"
+#include "diffuse/pipelines/stable_diffusion_pipeline.hpp"
+
+namespace diffuse::c_api {
+
+PromptEmbeddings encode_prompt(DiffusionPipeline& pipe, const EncodeRequest& request) {
+  if (auto* flux = dynamic_cast<FluxPipeline*>(&pipe)) return flux->encode_prompt(request);
+  if (auto* sd = dynamic_cast<StableDiffusionPipeline*>(&pipe)) return sd->encode_prompt(request);
+  if (auto* qwen = dynamic_cast<QwenImagePipeline*>(&pipe)) return qwen->encode_prompt(request);
+  invalid(pipe.class_name() + " has no prompt encoding in the C API");
+}
+
+at::Tensor decode_latents(DiffusionPipeline& pipe, const at::Tensor& latents, int64_t height, int64_t width) {
+  if (auto* flux = dynamic_cast<FluxPipeline*>(&pipe)) return flux->decode_latents(latents, height, width);
+  if (auto* sd = dynamic_cast<StableDiffusionPipeline*>(&pipe)) return sd->decode_latents(latents);
+  if (auto* qwen = dynamic_cast<QwenImagePipeline*>(&pipe)) return qwen->decode_latents(latents, height, width);
+  invalid(pipe.class_name() + " has no latent decoding in the C API");
+}
+
+int parallel_rank(const DiffusionPipeline& pipe) {
+  if (const auto* flux = dynamic_cast<const FluxPipeline*>(&pipe)) return flux->parallel_rank();
+  if (const auto* qwen = dynamic_cast<const QwenImagePipeline*>(&pipe)) return qwen->parallel_rank();
+  return 0;
+}
+
+bool is_flux(const DiffusionPipeline& pipe) { return dynamic_cast<const FluxPipeline*>(&pipe) != nullptr; }
+
+}  // namespace diffuse::c_api
