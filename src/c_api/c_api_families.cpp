@@ -8,11 +8,9 @@
 
 namespace diffuse::c_api {
 
+// Every family's encode_prompt is the base's virtual.
 PromptEmbeddings encode_prompt(DiffusionPipeline& pipe, const EncodeRequest& request) {
-  if (auto* flux = dynamic_cast<FluxPipeline*>(&pipe)) return flux->encode_prompt(request);
-  if (auto* sd = dynamic_cast<StableDiffusionPipeline*>(&pipe)) return sd->encode_prompt(request);
-  if (auto* qwen = dynamic_cast<QwenImagePipeline*>(&pipe)) return qwen->encode_prompt(request);
-  invalid(pipe.class_name() + " has no prompt encoding in the C API");
+  return pipe.encode_prompt(request);
 }
 
 at::Tensor decode_latents(DiffusionPipeline& pipe, const at::Tensor& latents, int64_t height, int64_t width) {
