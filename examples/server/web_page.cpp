@@ -58,7 +58,8 @@ async function describeModel() {
   if (!$("width").value) $("width").value = m.default_width;
   if (!$("height").value) $("height").value = m.default_height;
   if (!$("steps").value) $("steps").value = m.default_steps;
-  $("width").step = $("height").step = m.size_multiple;
+  // min is the base of step: both at the multiple, so every multiple is valid.
+  $("width").min = $("height").min = $("width").step = $("height").step = m.size_multiple;
 }
 async function follow(id) {
   for (;;) {
