@@ -18,12 +18,15 @@ class Browser {
  public:
   explicit Browser(int port) : client_("127.0.0.1", port) {
     client_.set_read_timeout(60);
+    // A profile of its own, under the build tree: nothing in $HOME, no clash with another run.
+    const std::string profile = test::temporary_folder("server_web_page_profile").string();
     const json capabilities = {
         {"capabilities",
          {{"alwaysMatch",
            {{"goog:chromeOptions",
              {{"binary", kChromium},
-              {"args", {"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"}}}}}}}}};
+              {"args", {"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                        "--user-data-dir=" + profile}}}}}}}}};
     const json session = call("POST", "/session", capabilities);
     session_ = session.value("sessionId", "");
   }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <random>
 
 #include "diffuse/error.hpp"
@@ -42,6 +43,19 @@ std::string new_job_id() {
     for (int i = 0; i < 16; ++i, bits >>= 4) id += digits[bits & 15];
   }
   return id;
+}
+
+// A runner's idle() or stop() failing (a rank of a context-parallel world gone) is logged: it must not
+// end the worker thread (and with it the process) by an escaping exception.
+template <typename Call>
+void call_quietly(const char* what, Call call) {
+  try {
+    call();
+  } catch (const c10::Error& e) {
+    std::cerr << "diffuse-server: " << what << ": " << e.what_without_backtrace() << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "diffuse-server: " << what << ": " << e.what() << "\n";
+  }
 }
 
 // How often an idle worker calls its runner's idle().
@@ -205,7 +219,7 @@ void JobQueue::work(size_t worker) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (!changed_.wait_for(lock, kIdleInterval, [&] { return stopping_ || !waiting_.empty(); })) {
       lock.unlock();
-      runner.idle();
+      call_quietly("idle", [&] { runner.idle(); });
       continue;
     }
     if (waiting_.empty()) break;  // stopping, nothing left
@@ -252,7 +266,7 @@ void JobQueue::work(size_t worker) {
     }
     if (job->forgotten) jobs_.erase(job->id);
   }
-  runner.stop();
+  call_quietly("stop", [&] { runner.stop(); });
 }
 
 QueueCounts JobQueue::counts() const {

@@ -27,6 +27,7 @@ class PipelineRunner : public JobRunner {
   std::unique_ptr<Scheduler> folder_scheduler_;
   std::string current_scheduler_;  // "" = the folder's is in place
   std::string where_;
+  int intra_op_threads_;  // the loading (main) thread's, for the worker thread
 };
 
 }  // namespace diffuse::server
