@@ -31,16 +31,17 @@ struct JobQueue::Job {
 
 namespace {
 
-// Job ids are random, so that one client cannot guess and read or cancel another's jobs.
+// Job ids are 128 bits from the system's entropy (std::random_device reads it on Linux), so that one
+// client cannot guess and read or cancel another's jobs.
 std::string new_job_id() {
   static std::mutex mutex;
-  static std::mt19937_64 generator{std::random_device{}()};
+  static std::random_device entropy;
   std::lock_guard<std::mutex> lock(mutex);
   static const char* digits = "0123456789abcdef";
   std::string id;
-  for (int part = 0; part < 2; ++part) {
-    uint64_t bits = generator();
-    for (int i = 0; i < 16; ++i, bits >>= 4) id += digits[bits & 15];
+  for (int part = 0; part < 4; ++part) {
+    uint32_t bits = entropy();
+    for (int i = 0; i < 8; ++i, bits >>= 4) id += digits[bits & 15];
   }
   return id;
 }

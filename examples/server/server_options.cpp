@@ -19,8 +19,9 @@ ServerOptions parse_server_options(int argc, char** argv) {
   cli::init(app, "diffuse-server --model DIR [--host 127.0.0.1] [--port 8080] [--api-key KEY] [options]");
   cli::add_model_options(app, o.model);
   app.get_option("--device")->description(
-      "where the pipeline runs: cpu, cuda, cuda:N (default: cpu; under a launcher the\nprocess's own device)");
+      "where the pipeline runs; under a launcher, when not given: the process's own device\n(cuda:LOCAL_RANK, or cpu)");
   std::string devices;
+  app.option_defaults()->group("Model");
   cli::add_text(app, "--devices", devices, "LIST",
                 "one pipeline per device, jobs to the next free one (e.g. cuda:0,cuda:1 or cpu,cpu);\n"
                 "replaces --device",
@@ -35,7 +36,7 @@ ServerOptions parse_server_options(int argc, char** argv) {
   cli::add_text(app, "--api-key", o.api_key, "KEY",
                 "require 'Authorization: Bearer KEY' on every endpoint but /health and the page\n"
                 "(default: $DIFFUSE_SERVER_API_KEY, which keeps the key out of the process list)");
-  cli::add_int(app, "--http-threads", o.http_threads, "connections served at once (default: queue + workers + 32)",
+  cli::add_int(app, "--http-threads", o.http_threads, "connections served at once; 0: queue + workers + 32",
                {.min = 0, .max = 4096});
   cli::add_int(app, "--max-body-bytes", o.max_body_bytes, "request bodies above this are refused (413)",
                {.min = 64, .max = int64_t(1) << 30});
