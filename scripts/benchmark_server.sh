@@ -66,19 +66,24 @@ python3 -c 'import base64, json, sys; open(sys.argv[2], "wb").write(base64.b64de
   "$out/response.json" "$out/server.png"
 if cmp -s "$out/server.png" "$out/generate.png"; then same="yes"; else same="NO"; fi
 
-total=0
+# Each request's round trip as curl measures it, and the answer's own timings (the call, the PNG).
+: >"$out/requests.txt"
 for i in $(seq 1 "$REQUESTS"); do
-  seconds=$(request /dev/null)
-  total=$(python3 -c "print($total + $seconds)")
+  seconds=$(request "$out/response.json")
+  python3 -c 'import json, sys; t = json.load(open(sys.argv[1]))["timings"]; print(sys.argv[2], t["call_seconds"], t["png_seconds"])' \
+    "$out/response.json" "$seconds" >>"$out/requests.txt"
 done
-python3 - "$total" "$REQUESTS" "$generate_seconds" "$SHAPE" "$DTYPE" "$DEVICE" "$SIZE" "$STEPS" "$same" <<'PY'
+python3 - "$out/requests.txt" "$generate_seconds" "$SHAPE" "$DTYPE" "$DEVICE" "$SIZE" "$STEPS" "$same" <<'PY'
 import sys
-total, n, gen = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-shape, dtype, device, size, steps, same = sys.argv[4:10]
-server = total / n
+rows = [[float(x) for x in line.split()] for line in open(sys.argv[1]) if line.strip()]
+gen = float(sys.argv[2])
+shape, dtype, device, size, steps, same = sys.argv[3:9]
+n = len(rows)
+server, call, png = (sum(r[i] for r in rows) / n for i in range(3))
 print(f"{shape} {dtype} on {device}, {size}x{size}, {steps} steps")
-print(f"generate (its call):                    {gen:.4f} s per image")
-print(f"diffuse-server ({n} sequential requests): {server:.4f} s per image (HTTP request to answer, PNG and base64 included)")
-print(f"server overhead: {100 * (server - gen) / gen:+.2f}%")
+print(f"generate (its call):                     {gen:.4f} s per image")
+print(f"diffuse-server ({n} sequential requests): {server:.4f} s per image, round trip as curl sees it")
+print(f"  of which the pipeline call {call:.4f} s, PNG encoding {png:.4f} s, the rest (queue, HTTP, base64, JSON) {server - call - png:.4f} s")
+print(f"server overhead against generate's call: {100 * (server - gen) / gen:+.2f}% (the call inside the server: {100 * (call - gen) / gen:+.2f}%)")
 print(f"server PNG identical to generate's: {same}")
 PY

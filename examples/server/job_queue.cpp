@@ -22,6 +22,8 @@ struct JobQueue::Job {
   std::string error;
   std::vector<std::string> pngs;
   int64_t width = 0, height = 0;
+  StageTimes times;
+  double png_seconds = 0;
   int64_t created_unix = 0;
   std::chrono::steady_clock::time_point finished_at;
   uint64_t version = 1;
@@ -127,6 +129,8 @@ JobSnapshot JobQueue::snapshot_locked(const Job& job, bool with_images) const {
   if (with_images) s.pngs = job.pngs;
   s.width = job.width;
   s.height = job.height;
+  s.times = job.times;
+  s.png_seconds = job.png_seconds;
   s.created_unix = job.created_unix;
   s.version = job.version;
   return s;
@@ -262,6 +266,8 @@ void JobQueue::work(size_t worker) {
       job->pngs = std::move(output.pngs);
       job->width = output.width;
       job->height = output.height;
+      job->times = output.times;
+      job->png_seconds = output.png_seconds;
       job->step = job->total_steps;
       finish(*job, JobState::Succeeded, "");
     }

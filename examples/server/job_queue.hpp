@@ -42,6 +42,8 @@ struct JobSnapshot {
   std::string error;           // failed or cancelled: why
   std::vector<std::string> pngs;  // succeeded: the images
   int64_t width = 0, height = 0;
+  StageTimes times;          // succeeded: the call's stages
+  double png_seconds = 0;    // and the PNG encoding
   int64_t created_unix = 0;
   uint64_t version = 0;        // grows with every change, for waiting on the next one
 };

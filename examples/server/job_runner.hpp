@@ -19,6 +19,11 @@ struct JobOutput {
   int64_t width = 0;
   int64_t height = 0;
   bool cancelled = false;  // the progress callback stopped it
+  // Where the time went: the pipeline call's stages (encode, denoise, decode, total) and the PNG
+  // encoding after it, for the answer's "timings" (the server's overhead is what a request takes
+  // beyond these).
+  StageTimes times;
+  double png_seconds = 0;
 };
 
 class JobRunner {

@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <chrono>
+
 #include "diffuse/io/png.hpp"
 
 namespace diffuse::server {
@@ -42,8 +44,11 @@ JobOutput PipelineRunner::run(const GenerationParams& params, const StepProgress
   output.width = out.width;
   output.height = out.height;
   output.cancelled = stopped || out.interrupted;
+  output.times = out.times;
   if (output.cancelled) return output;
+  const auto png_start = std::chrono::steady_clock::now();
   for (const Image& image : out.images) output.pngs.push_back(encode_png(image));
+  output.png_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - png_start).count();
   return output;
 }
 

@@ -6,6 +6,16 @@ namespace diffuse::server {
 
 using nlohmann::json;
 
+namespace {
+
+nlohmann::json timings(const JobSnapshot& job) {
+  return {{"encode_seconds", job.times.encode_seconds}, {"denoise_seconds", job.times.denoise_seconds},
+          {"decode_seconds", job.times.decode_seconds}, {"call_seconds", job.times.total_seconds},
+          {"png_seconds", job.png_seconds}};
+}
+
+}  // namespace
+
 nlohmann::json job_json(const JobSnapshot& job, bool with_images) {
   json out = {{"id", job.id},
               {"state", to_string(job.state)},
@@ -18,6 +28,7 @@ nlohmann::json job_json(const JobSnapshot& job, bool with_images) {
   if (job.state == JobState::Succeeded) {
     out["width"] = job.width;
     out["height"] = job.height;
+    out["timings"] = timings(job);
     if (with_images) {
       json images = json::array();
       for (const std::string& png : job.pngs) images.push_back(base64_encode(png));
@@ -31,7 +42,8 @@ nlohmann::json openai_response(const JobSnapshot& job, const std::vector<std::st
   json data = json::array();
   for (const std::string& png : job.pngs)
     data.push_back({{"b64_json", base64_encode(png)}, {"revised_prompt", job.params.prompt}});
-  json out = {{"created", job.created_unix}, {"data", std::move(data)}, {"parameters", job.params.to_json()}};
+  json out = {{"created", job.created_unix}, {"data", std::move(data)}, {"parameters", job.params.to_json()},
+              {"timings", timings(job)}};
   if (!ignored.empty()) out["ignored_fields"] = ignored;
   return out;
 }
@@ -48,7 +60,8 @@ nlohmann::json txt2img_response(const JobSnapshot& job, const std::vector<std::s
                            {"batch_size", p.num_images}, {"scheduler", p.scheduler}};
   json info = parameters;
   info["all_seeds"] = json::array({p.seed});
-  json out = {{"images", std::move(images)}, {"parameters", parameters}, {"info", info.dump()}};
+  json out = {{"images", std::move(images)}, {"parameters", parameters}, {"info", info.dump()},
+              {"timings", timings(job)}};
   if (!ignored.empty()) out["ignored_fields"] = ignored;
   return out;
 }
