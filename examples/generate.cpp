@@ -29,6 +29,7 @@ struct Arguments {
   std::string device_map;  // "" or "balanced"
   std::string max_memory;  // DEVICE=SIZE,...
   std::string offload;     // "", "model" or "sequential"
+  std::string cuda_graphs = "on";
   int64_t repeats = 1;
   bool quiet = false;
 };
@@ -72,6 +73,10 @@ Arguments parse(int argc, char** argv) {
   cli::add_choice(app, "--offload", a.offload, {"model", "sequential"},
                   "keep weights on the CPU and bring each model (model) or each block\n"
                   "(sequential) to --device when it runs");
+  cli::add_choice(app, "--cuda-graphs", a.cuda_graphs, {"on", "off"},
+                  "replay each denoiser call from a CUDA graph when the denoiser is wholly\n"
+                  "on one GPU (not under sequential offload or --device-map); off: launch\n"
+                  "its kernels one by one. The images are the same");
   app.option_defaults()->group("Options");
   cli::add_int(app, "--repeats", a.repeats,
                "make the call N times and report the last one's times (the first warms the GPU up)", {.min = 1});
@@ -115,6 +120,7 @@ int main(int argc, char** argv) {
     options.dtype = diffuse::parse_dtype(args.model.dtype);
     options.device = args.offload.empty() ? args.model.device : "cpu";
     options.device_map = args.device_map;
+    options.cuda_graphs = args.cuda_graphs == "on";
     if (!args.max_memory.empty()) options.max_memory = parse_budgets(args.max_memory);
     if (request.output_type == diffuse::OutputType::Latent) options.skip = {"vae"};
     std::unique_ptr<diffuse::DiffusionPipeline> pipe = diffuse::load_pipeline(args.model.model, options);

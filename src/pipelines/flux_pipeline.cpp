@@ -12,6 +12,7 @@
 #include "diffuse/errors.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
+#include "diffuse/models/graph_call.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
 #include "diffuse/placement/device_memory.hpp"
@@ -234,13 +235,21 @@ at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmb
   ProgressBar progress(num_steps, show_progress);
   at::NoGradGuard no_grad;
   const auto running = on_device_while_running("transformer");
+  // The latents and the timestep change each step; the other inputs are read where they are. Under
+  // context parallelism the call holds collectives, which stay out of graphs.
+  CudaGraphCall denoise(
+      [&](const std::vector<at::Tensor>& in) {
+        FluxTransformerInputs step = inputs;
+        step.hidden_states = in[0];
+        step.timestep = in[1];
+        // Under a device map the last block may run on another GPU than the latents live on.
+        return model->forward(step).to(device);
+      },
+      can_capture_cuda_graph("transformer") && !parallel_world_);
   for (int64_t i = 0; i < num_steps; ++i) {
     const at::Tensor t = timesteps[i];
-    inputs.hidden_states = latents;
     // diffusers: t.expand(batch).to(latents.dtype), divided by 1000 in that dtype.
-    inputs.timestep = t.expand({batch}).to(device, latents.scalar_type()) / 1000;
-    // Under a device map the last block may run on another GPU than the latents live on.
-    at::Tensor noise_pred = model->forward(inputs).to(device);
+    at::Tensor noise_pred = denoise({latents, t.expand({batch}).to(device, latents.scalar_type()) / 1000});
     latents = steps.step(noise_pred, t.item<double>(), latents, generator);
     progress.advance();
     if (request.callback &&

@@ -7,6 +7,7 @@
 #include "diffuse/errors.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
+#include "diffuse/models/graph_call.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/guidance.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
@@ -257,12 +258,14 @@ GenerateOutput StableDiffusionPipeline::generate(const GenerateRequest& request)
   at::NoGradGuard no_grad;
   {
     const auto running = on_device_while_running("unet");
+    // Under a device map the last block may run on another GPU than the latents live on.
+    CudaGraphCall denoise([&](const std::vector<at::Tensor>& in) { return model->forward(in[0], in[1], in[2]).to(device); },
+                          can_capture_cuda_graph("unet"));
     for (int64_t i = 0; i < num_steps; ++i) {
       const at::Tensor t = timesteps[i];
       const double timestep = t.item<double>();
       const at::Tensor input = steps.scale_model_input(guidance.batch(latents), timestep);
-      // Under a device map the last block may run on another GPU than the latents live on.
-      const at::Tensor noise_pred = guidance.combine(model->forward(input, t.to(device), condition).to(device));
+      const at::Tensor noise_pred = guidance.combine(denoise({input, t.to(device), condition}));
       latents = steps.step(noise_pred, timestep, latents, generator);
       progress.advance();
       if (request.callback && !request.callback(StepInfo{i, num_steps, timestep, latents})) {

@@ -52,6 +52,11 @@ struct PipelineOptions {
   // The attention kernel of the denoiser: "auto", "math", "native", "flash", "efficient", "cudnn"
   // (models/attention_backend.hpp).
   std::string attention_backend = "auto";
+  // Replay each denoiser call from a CUDA graph (models/graph_call.hpp) when the denoiser runs
+  // wholly on one GPU without per-block hooks (not under sequential offload or its own device map):
+  // what torch.compile's mode="reduce-overhead" gives diffusers, without compiling. Off: every call is
+  // launched kernel by kernel, as before. The images are the same either way.
+  bool cuda_graphs = true;
   // Context parallelism for the denoiser (diffusers' parallel_config; docs/context_parallel.md), for
   // the families that support it: every rank of `parallel_world` loads the same folder with the same
   // options and makes the same calls; rank 0 gets the images, every rank the latents.
@@ -180,6 +185,11 @@ class DiffusionPipeline {
   };
   OnDevice on_device_while_running(const std::string& component) const;
 
+  // Whether calls of `component` may be replayed from a CUDA graph during one generate call: the
+  // option is on, and the model runs wholly on one CUDA device with no hooks moving its blocks (model
+  // offload is fine: the model stays on the GPU for the whole loop).
+  bool can_capture_cuda_graph(const std::string& component) const;
+
   // The loaded model components in offload order (then any others), for placement.
   std::vector<std::pair<std::string, torch::nn::Module*>> models() const;
 
@@ -197,6 +207,7 @@ class DiffusionPipeline {
   bool is_declared(const std::string& component) const;
 
   Offload offload_ = Offload::None;
+  bool cuda_graphs_ = true;
   c10::Device offload_device_ = c10::kCPU;
 };
 
