@@ -23,9 +23,6 @@
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
-#if TORCH_VERSION_MAJOR >= 2
-#include <torch/csrc/autograd/profiler_kineto.h>
-#endif
 #endif
 
 #include <algorithm>
@@ -52,6 +49,7 @@
 #include "diffuse/models/flux_transformer.hpp"
 #include "diffuse/models/graph_call.hpp"
 #include "diffuse/models/layers.hpp"
+#include "kineto_trace.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/random_pipeline.hpp"
@@ -493,23 +491,6 @@ int count_only(const Arguments& args) {
 }
 
 // Runs `calls` under PyTorch's Kineto profiler and saves the Chrome trace to `path`.
-void write_trace(const std::string& path, const std::function<void()>& calls) {
-#if DIFFUSE_HAS_CUDA && TORCH_VERSION_MAJOR >= 2
-  namespace profiler = torch::autograd::profiler;
-  using torch::profiler::impl::ActivityType;
-  const profiler::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
-  const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
-  profiler::prepareProfiler(config, activities);
-  profiler::enableProfiler(config, activities);
-  calls();
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-  profiler::disableProfiler()->save(path);
-#else
-  (void)calls;
-  throw Error("--trace needs a CUDA build with libtorch 2.x (wrote nothing to " + path + ")");
-#endif
-}
-
 int run(const Arguments& args) {
   diffuse::DistributedOptions dist_options;
   if (!args.device.empty()) dist_options.device = args.device;
@@ -603,7 +584,7 @@ int run(const Arguments& args) {
     for (int64_t s = 0; s < result.steps; ++s) mine.push_back(timed_step(call, world, device, &output));
     const PeakMemory peak = peak_memory(device);
     if (!args.trace.empty())
-      write_trace(args.trace + "/trace_" + std::to_string(resolution.height) + "x" + std::to_string(resolution.width) +
+      diffuse::bench::write_trace(args.trace + "/trace_" + std::to_string(resolution.height) + "x" + std::to_string(resolution.width) +
                       "_rank" + std::to_string(dist.rank()) + ".json",
                   [&] {
                     for (int s = 0; s < 2; ++s) timed_step(call, world, device, &output);
