@@ -7,12 +7,15 @@ set -euo pipefail
 # unless an optimized one is installed (OpenBLAS takes over through Debian's alternatives).
 # clang-14, libclang-rt-14-dev (libFuzzer's runtime) and llvm-14 (llvm-symbolizer): the fuzz targets
 # (scripts/fuzz.sh, docs/reliability.md).
+# libcpp-httplib-dev: diffuse-server's HTTP (examples/server); chromium and chromium-driver: the test that
+# drives its web page in headless Chromium (tests/test_server_web_page.cpp, skipped when absent).
 packages=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libgloo-dev libopenblas0-pthread
   nlohmann-json3-dev libspdlog-dev libfmt-dev libpng-dev libcli11-dev
   libgtest-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev llvm-14
+  libcpp-httplib-dev chromium chromium-driver
 )
 
 missing=()

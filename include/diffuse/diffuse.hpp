@@ -11,6 +11,7 @@
 #include "diffuse/io/image.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/io/json_config.hpp"
+#include "diffuse/io/png.hpp"
 #include "diffuse/io/safetensors.hpp"
 #include "diffuse/log.hpp"
 #include "diffuse/models/attention.hpp"

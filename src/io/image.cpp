@@ -1,4 +1,5 @@
 #include "diffuse/io/image.hpp"
+#include "diffuse/io/png.hpp"
 
 #include <ATen/ATen.h>
 #include <png.h>
@@ -22,30 +23,40 @@ void flush_stream(png_structp png) { static_cast<std::ostream*>(png_get_io_ptr(p
 
 }  // namespace
 
+std::string encode_png(const Image& image) {
+  const int64_t width = image.width, height = image.height;
+  if (width <= 0 || height <= 0 || image.pixels.size() != static_cast<size_t>(3 * width * height))
+    throw Error("cannot encode an image of " + std::to_string(width) + "x" + std::to_string(height) + " with " +
+                std::to_string(image.pixels.size()) + " bytes as PNG");
+  std::ostringstream out;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (info == nullptr) {
+    png_destroy_write_struct(&png, nullptr);
+    throw Error("cannot start a PNG writer");
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    throw Error("PNG encoding failed");
+  }
+  png_set_write_fn(png, &out, write_to_stream, flush_stream);
+  png_set_IHDR(png, info, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height), 8, PNG_COLOR_TYPE_RGB,
+               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  for (int64_t row = 0; row < height; ++row)
+    png_write_row(png, const_cast<png_bytep>(image.pixels.data() + row * width * 3));
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  return std::move(out).str();
+}
+
 void Image::save_png(const std::filesystem::path& path) const {
   if (width <= 0 || height <= 0 || pixels.size() != static_cast<size_t>(3 * width * height))
     throw Error(path.string() + ": cannot save an image of " + std::to_string(width) + "x" +
                 std::to_string(height) + " with " + std::to_string(pixels.size()) + " bytes");
-  write_file_atomically(path, [&](std::ostream& out) {
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
-    png_infop info = png ? png_create_info_struct(png) : nullptr;
-    if (info == nullptr) {
-      png_destroy_write_struct(&png, nullptr);
-      throw Error(path.string() + ": cannot start a PNG writer");
-    }
-    if (setjmp(png_jmpbuf(png))) {
-      png_destroy_write_struct(&png, &info);
-      throw Error(path.string() + ": PNG encoding failed");
-    }
-    png_set_write_fn(png, &out, write_to_stream, flush_stream);
-    png_set_IHDR(png, info, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height), 8,
-                 PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png, info);
-    for (int64_t row = 0; row < height; ++row)
-      png_write_row(png, const_cast<png_bytep>(pixels.data() + row * width * 3));
-    png_write_end(png, nullptr);
-    png_destroy_write_struct(&png, &info);
-  });
+  // The same bytes as encode_png, which diffuse-server sends: one encoder for both.
+  const std::string bytes = encode_png(*this);
+  write_file_atomically(path, [&](std::ostream& out) { out.write(bytes.data(), static_cast<std::streamsize>(bytes.size())); });
 }
 
 Image Image::load_png(const std::filesystem::path& path) {
