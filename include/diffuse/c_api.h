@@ -221,7 +221,7 @@ typedef struct diffuse_pipeline_info {
   int32_t guidance_embeds;        /* 1 when the transformer takes guidance_scale (FLUX.1-dev) */
   char dtype[16];                 /* "float32", ... */
   char device[32];                /* "cpu", "cuda:0", ... */
-  int32_t parallel_rank;          /* this process's rank under context parallelism (0: gets images) */
+  int32_t parallel_rank;          /* this process's rank under cfg/context parallelism (0: gets images) */
   int32_t parallel_world_size;    /* 1 without context parallelism */
   /* ---- second version: the family ---- */
   char class_name[64];            /* "FluxPipeline", "StableDiffusionPipeline", "QwenImagePipeline" */
