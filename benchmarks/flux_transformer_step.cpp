@@ -23,9 +23,6 @@
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
-#if TORCH_VERSION_MAJOR >= 2
-#include <torch/csrc/autograd/profiler_kineto.h>
-#endif
 #endif
 
 #include <algorithm>
@@ -50,7 +47,9 @@
 #include "diffuse/dtype.hpp"
 #include "diffuse/error.hpp"
 #include "diffuse/models/flux_transformer.hpp"
+#include "diffuse/models/graph_call.hpp"
 #include "diffuse/models/layers.hpp"
+#include "kineto_trace.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/random_pipeline.hpp"
@@ -83,6 +82,8 @@ after each resolution, so a run cut short keeps what it finished).
   --json PATH                  write the results there (rank 0, atomically)
   --count-only                 print each resolution's tokens and FLOPs per call, build nothing
   --attention-backend NAME     auto, math, native, flash, efficient, cudnn (default auto)
+  --cuda-graphs                one process on CUDA: replay each call from a CUDA graph (as the
+                               pipelines do; models/graph_call.hpp) instead of launching its kernels
   --check                      with context parallelism: also run each size on every rank alone and
                                report the parallel output's relative error against it
   --trace DIR                  after timing, profile 2 more calls per resolution and write a Chrome
@@ -141,6 +142,7 @@ struct Arguments {
   std::string attention_backend = "auto";
   std::string trace;  // folder for a profiler trace of each resolution (CUDA, libtorch 2.x)
   bool check = false;
+  bool cuda_graphs = false;
 };
 
 Arguments parse(int argc, char** argv) {
@@ -186,6 +188,7 @@ Arguments parse(int argc, char** argv) {
     else if (flag == "--attention-backend") a.attention_backend = value();
     else if (flag == "--trace") a.trace = value();
     else if (flag == "--check") a.check = true;
+    else if (flag == "--cuda-graphs") a.cuda_graphs = true;
     else usage_error("unknown option '" + flag + "' (see --help)");
   }
   if (a.text_tokens < 1) usage_error("--text-tokens must be at least 1");
@@ -302,22 +305,22 @@ void meet(diffuse::Communicator* world, c10::Device device) {
 }
 
 // Milliseconds of one forward call, from the moment the ranks met to the output's completion.
-double timed_step(diffuse::FluxTransformer2DModel& model, const diffuse::FluxTransformerInputs& inputs,
-                  diffuse::Communicator* world, c10::Device device, at::Tensor* output) {
+double timed_step(const std::function<at::Tensor()>& call, diffuse::Communicator* world, c10::Device device,
+                  at::Tensor* output) {
   synchronize(device);
   meet(world, device);
 #if DIFFUSE_HAS_CUDA
   if (device.is_cuda()) {
     at::cuda::CUDAEvent start(cudaEventDefault), end(cudaEventDefault);
     start.record();
-    *output = model->forward(inputs);
+    *output = call();
     end.record();
     end.synchronize();
     return static_cast<double>(start.elapsed_time(end));
   }
 #endif
   const auto start = std::chrono::steady_clock::now();
-  *output = model->forward(inputs);
+  *output = call();
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -488,23 +491,6 @@ int count_only(const Arguments& args) {
 }
 
 // Runs `calls` under PyTorch's Kineto profiler and saves the Chrome trace to `path`.
-void write_trace(const std::string& path, const std::function<void()>& calls) {
-#if DIFFUSE_HAS_CUDA && TORCH_VERSION_MAJOR >= 2
-  namespace profiler = torch::autograd::profiler;
-  using torch::profiler::impl::ActivityType;
-  const profiler::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
-  const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
-  profiler::prepareProfiler(config, activities);
-  profiler::enableProfiler(config, activities);
-  calls();
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-  profiler::disableProfiler()->save(path);
-#else
-  (void)calls;
-  throw Error("--trace needs a CUDA build with libtorch 2.x (wrote nothing to " + path + ")");
-#endif
-}
-
 int run(const Arguments& args) {
   diffuse::DistributedOptions dist_options;
   if (!args.device.empty()) dist_options.device = args.device;
@@ -581,17 +567,27 @@ int run(const Arguments& args) {
 
     const diffuse::FluxTransformerInputs inputs =
         make_inputs(config, resolution, args.text_tokens, dtype, device, args.seed + 1);
+    // The call, eager or replayed from a graph that reads the latents and timestep from its buffers.
+    diffuse::CudaGraphCall graph(
+        [&](const std::vector<at::Tensor>& in) {
+          diffuse::FluxTransformerInputs step = inputs;
+          step.hidden_states = in[0];
+          step.timestep = in[1];
+          return model->forward(step);
+        },
+        args.cuda_graphs && world == nullptr);
+    const std::function<at::Tensor()> call = [&] { return graph({inputs.hidden_states, inputs.timestep}); };
     reset_peak_memory(device);
     at::Tensor output;
-    for (int64_t s = 0; s < result.warmup; ++s) timed_step(model, inputs, world, device, &output);
+    for (int64_t s = 0; s < result.warmup; ++s) timed_step(call, world, device, &output);
     std::vector<double> mine;
-    for (int64_t s = 0; s < result.steps; ++s) mine.push_back(timed_step(model, inputs, world, device, &output));
+    for (int64_t s = 0; s < result.steps; ++s) mine.push_back(timed_step(call, world, device, &output));
     const PeakMemory peak = peak_memory(device);
     if (!args.trace.empty())
-      write_trace(args.trace + "/trace_" + std::to_string(resolution.height) + "x" + std::to_string(resolution.width) +
+      diffuse::bench::write_trace(args.trace + "/trace_" + std::to_string(resolution.height) + "x" + std::to_string(resolution.width) +
                       "_rank" + std::to_string(dist.rank()) + ".json",
                   [&] {
-                    for (int s = 0; s < 2; ++s) timed_step(model, inputs, world, device, &output);
+                    for (int s = 0; s < 2; ++s) timed_step(call, world, device, &output);
                   });
     // Random weights still have to give numbers: a step over infinities or NaNs measures nothing useful.
     const at::Tensor out = output.to(at::kFloat);

@@ -1,10 +1,13 @@
-// context_parallel: one image, its tokens split over the processes (one per GPU). Any family with a
-// transformer (FLUX.1, Qwen-Image), by the folder's model_index.json.
+// context_parallel: one image over the processes (one per GPU): its tokens split (ring, Ulysses; FLUX.1,
+// Qwen-Image), and/or its two guidance passes on two halves of the processes (CFG; SD, Qwen-Image).
+// The family comes from the folder's model_index.json.
 //
 //   diffuse-launch --nproc-per-node 4 context_parallel --model DIR --prompt "a cat" --ulysses-degree 4 \
 //       --dtype bfloat16 --seed 0 --output cat.png
 //   torchrun --no-python --nproc-per-node 4 context_parallel --model DIR --prompt "a cat" \
 //       --ring-degree 2 --ulysses-degree 2 --output cat.png
+//   diffuse-launch --nproc-per-node 4 context_parallel --model Qwen-Image --prompt "a cat" \
+//       --negative-prompt " " --cfg-degree 2 --ulysses-degree 2 --output cat.png
 //
 // --help lists every option; docs/context_parallel.md says which mode to pick.
 
@@ -27,8 +30,7 @@ using cli::Gen;
 struct Arguments {
   cli::ModelOptions model{.device = ""};  // default: the process's own (cuda:LOCAL_RANK or cpu)
   cli::GenerationOptions generation;
-  int64_t ring_degree = 1;
-  int64_t ulysses_degree = 1;
+  cli::ParallelOptions parallel;
   std::string output = "context_parallel.png";
   bool quiet = false;
 };
@@ -36,24 +38,22 @@ struct Arguments {
 Arguments parse(int argc, char** argv) {
   Arguments a;
   CLI::App app(
-      "Context-parallel generation of one image (FLUX.1 or Qwen-Image): start ring x ulysses processes (one\n"
-      "per GPU) with diffuse-launch or torchrun. Every process loads the pipeline and makes the same call; the transformer\n"
-      "splits each image's tokens over the processes (Ulysses: all-to-all of heads; ring: K/V blocks passed\n"
-      "around; both: unified on a ring x ulysses mesh). Rank 0 decodes and writes the image; it is the image\n"
-      "one process would make (to rounding). A world larger than ring x ulysses leaves the extra ranks to\n"
-      "compute alone.",
+      "Parallel generation of one image: start cfg x ring x ulysses processes (one per GPU) with\n"
+      "diffuse-launch or torchrun. Every process loads the pipeline and makes the same call. The transformer\n"
+      "(FLUX.1, Qwen-Image) splits each image's tokens over the processes (Ulysses: all-to-all of heads;\n"
+      "ring: K/V blocks passed around; both: unified on a ring x ulysses mesh); --cfg-degree 2 (SD,\n"
+      "Qwen-Image) runs the unconditional and the conditional pass on two halves, each split as above.\n"
+      "Rank 0 decodes and writes the image; it is the image one process would make (to rounding). A world\n"
+      "larger than cfg x ring x ulysses leaves the extra ranks to compute alone.",
       "context_parallel");
-  cli::init(app, "context_parallel --model DIR --prompt TEXT [--ring-degree R] [--ulysses-degree U] [options]");
+  cli::init(app, "context_parallel --model DIR --prompt TEXT [--cfg-degree 2] [--ring-degree R] [--ulysses-degree U] [options]");
   cli::add_model_options(app, a.model);
   cli::add_generation_options(app, a.generation,
                               {Gen::Prompt, Gen::NegativePrompt, Gen::Size, Gen::Steps, Gen::Guidance,
                                Gen::TrueCfgScale, Gen::Seed, Gen::MaxSequenceLength, Gen::AttentionBackend});
   app.get_option("--prompt")->description("the prompt (one)")->required();
   app.get_option("--seed")->description("CPU generator seed (default: rank 0's random seed, shared)");
-  cli::add_int(app, "--ring-degree", a.ring_degree, "ranks in the ring", {.min = 1, .max = 65536})->group("Parallelism");
-  cli::add_int(app, "--ulysses-degree", a.ulysses_degree,
-               "ranks in each Ulysses group; must divide the attention heads", {.min = 1, .max = 65536})
-      ->group("Parallelism");
+  cli::add_parallel_options(app, a.parallel);
   cli::add_text(app, "--output", a.output, "FILE", "the PNG rank 0 writes");
   cli::add_quiet_option(app, a.quiet);
   app.footer(
@@ -87,9 +87,8 @@ int main(int argc, char** argv) {
     options.dtype = diffuse::parse_dtype(args.model.dtype);
     options.device = dist.device().str();
     options.attention_backend = generation.attention_backend;
-    if (args.ring_degree * args.ulysses_degree > 1) {
-      options.parallel_config = diffuse::ContextParallelConfig{.ring_degree = args.ring_degree,
-                                                               .ulysses_degree = args.ulysses_degree};
+    if (args.parallel.enabled()) {
+      options.parallel_config = args.parallel.config();
       options.parallel_world = dist.shared_communicator();
     }
     const auto load_start = std::chrono::steady_clock::now();

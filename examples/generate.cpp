@@ -2,6 +2,7 @@
 // (FLUX.1, Stable Diffusion 1.x/2.x): the family comes from model_index.json's _class_name.
 //
 //   generate --model DIR --prompt "a cat" [--prompt "a dog" ...] --output cat.png
+//   diffuse-launch --nproc-per-node 2 generate --model SD --prompt "a cat" --cfg-degree 2 --output cat.png
 //
 // --help lists every option with its default.
 
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "diffuse/diffuse.hpp"
+#include "diffuse/distributed/distributed.hpp"
 #include "cli/options.hpp"
 
 namespace {
@@ -25,10 +27,12 @@ using cli::Gen;
 struct Arguments {
   cli::ModelOptions model;
   cli::GenerationOptions generation;
+  cli::ParallelOptions parallel;  // --cfg-degree alone: context parallelism is context_parallel's
   std::string output = "out.png";
   std::string device_map;  // "" or "balanced"
   std::string max_memory;  // DEVICE=SIZE,...
   std::string offload;     // "", "model" or "sequential"
+  std::string cuda_graphs = "on";
   int64_t repeats = 1;
   bool quiet = false;
 };
@@ -72,6 +76,11 @@ Arguments parse(int argc, char** argv) {
   cli::add_choice(app, "--offload", a.offload, {"model", "sequential"},
                   "keep weights on the CPU and bring each model (model) or each block\n"
                   "(sequential) to --device when it runs");
+  cli::add_choice(app, "--cuda-graphs", a.cuda_graphs, {"on", "off"},
+                  "replay each denoiser call from a CUDA graph when the denoiser is wholly\n"
+                  "on one GPU (not under sequential offload or --device-map); off: launch\n"
+                  "its kernels one by one. The images are the same");
+  cli::add_cfg_degree_option(app, a.parallel);
   app.option_defaults()->group("Options");
   cli::add_int(app, "--repeats", a.repeats,
                "make the call N times and report the last one's times (the first warms the GPU up)", {.min = 1});
@@ -115,8 +124,20 @@ int main(int argc, char** argv) {
     options.dtype = diffuse::parse_dtype(args.model.dtype);
     options.device = args.offload.empty() ? args.model.device : "cpu";
     options.device_map = args.device_map;
+    options.cuda_graphs = args.cuda_graphs == "on";
     if (!args.max_memory.empty()) options.max_memory = parse_budgets(args.max_memory);
     if (request.output_type == diffuse::OutputType::Latent) options.skip = {"vae"};
+    // --cfg-degree 2: this process is one rank of a launched world (diffuse-launch, torchrun); rank 0
+    // writes the outputs.
+    std::optional<diffuse::Distributed> dist;
+    if (args.parallel.enabled()) {
+      dist.emplace(diffuse::Distributed::init());
+      if (options.device == "cuda" && dist->device().is_cuda()) options.device = dist->device().str();
+      options.parallel_config = args.parallel.config();
+      options.parallel_world = dist->shared_communicator();
+      if (dist->rank() != 0) request.progress = false;
+    }
+    const bool writes = !dist || dist->rank() == 0;
     std::unique_ptr<diffuse::DiffusionPipeline> pipe = diffuse::load_pipeline(args.model.model, options);
     if (!pipe->device_map().empty() && !args.quiet) std::cerr << "device_map: " << pipe->device_map() << "\n";
     if (args.offload == "model") pipe->enable_model_cpu_offload(args.model.device);
@@ -128,7 +149,7 @@ int main(int argc, char** argv) {
     diffuse::GenerateOutput out = pipe->generate(request);
     for (int64_t run = 1; run < args.repeats; ++run) out = pipe->generate(request);
 
-    if (!generation.save_tensors.empty() || request.output_type == diffuse::OutputType::Latent) {
+    if (writes && (!generation.save_tensors.empty() || request.output_type == diffuse::OutputType::Latent)) {
       std::vector<std::pair<std::string, at::Tensor>> tensors = {{"latents", out.latents.to(at::kCPU, at::kFloat)}};
       if (out.image_tensor.defined()) tensors.emplace_back("image", out.image_tensor.to(at::kFloat));
       std::string path = generation.save_tensors;
@@ -141,7 +162,7 @@ int main(int argc, char** argv) {
       out.images[i].save_png(path);
       std::cout << "image: " << path.string() << " (" << out.width << "x" << out.height << ")\n";
     }
-    if (!args.quiet)
+    if (!args.quiet && writes)
       std::cerr << "times: load " << load_seconds << " s, encode " << out.times.encode_seconds << " s, denoise "
                 << out.times.denoise_seconds << " s (" << generation.steps.value_or(pipe->info().default_steps)
                 << " steps, " << pipe->info().scheduler << "), decode " << out.times.decode_seconds

@@ -24,6 +24,13 @@ prompt="a photograph of an astronaut riding a horse"
 "$build/examples/generate" --model "$folder" --prompt "$prompt" --negative-prompt "blurry" --height "$size" --width "$size" \
   --steps "$steps" --guidance 7.5 --dtype float16 --device cuda --latents "$out/latents.safetensors" --repeats 3 \
   --save-tensors "$out/diffuse_sd.safetensors" --output "$out/diffuse_sd.png" 2>&1 | tee "$out/diffuse_sd.log"
+# The same without CUDA graphs (each UNet call launched kernel by kernel), for the table.
+"$build/examples/generate" --model "$folder" --prompt "$prompt" --negative-prompt "blurry" --height "$size" --width "$size" \
+  --steps "$steps" --guidance 7.5 --dtype float16 --device cuda --latents "$out/latents.safetensors" --repeats 3 \
+  --cuda-graphs off --save-tensors "$out/diffuse_sd_eager.safetensors" --output "$out/diffuse_sd_eager.png" 2>&1 |
+  tee "$out/diffuse_sd_eager.log"
+python3 scripts/compare_outputs.py "$out/diffuse_sd.safetensors" "$out/diffuse_sd_eager.safetensors" \
+  --names image:image latents:latents 2>&1 | tee "$out/compare_graphs.log"
 PYTHONPATH="$diffusers_src" python3 scripts/compare_diffusers.py --model "$folder" --prompt "$prompt" \
   --negative-prompt "blurry" --height "$size" --width "$size" --steps "$steps" --guidance 7.5 --dtype float16 --seed 0 \
   --latents "$out/latents.safetensors" --modes eager,compiled --repeats 3 --reference-float32 \

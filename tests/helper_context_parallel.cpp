@@ -9,11 +9,19 @@
 //   helper_context_parallel transformer RING ULYSSES   the tiny-flux transformer, fixture and uneven
 //   helper_context_parallel pipeline RING ULYSSES      a whole FluxPipeline call vs the fixture's latents
 //   helper_context_parallel config_errors              (4 ranks) bad configs are refused before any collective
+//   helper_context_parallel cfg_pipeline FIXTURE CFG RING ULYSSES
+//                                                      CFG parallelism (with context parallelism inside)
+//                                                      for the fixture's pipeline (tiny-sd, tiny-qwenimage):
+//                                                      every step's latents vs one process, the call
+//                                                      without guidance (falls back), identical ranks
+//   helper_context_parallel cfg_config_errors          (4 ranks) bad parallel configs of pipelines are refused
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -22,12 +30,15 @@
 #include "diffuse/error.hpp"
 #include "diffuse/models/flux_transformer.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
+#include "diffuse/parallel/parallel_mesh.hpp"
 #include "diffuse/parallel/partial_attention.hpp"
 #include "diffuse/parallel/sequence_shards.hpp"
 #include "diffuse/pipelines/flux_pipeline.hpp"
+#include "diffuse/pipelines/pipeline_registry.hpp"
 #include "support/test_support.hpp"
 
 using namespace diffuse;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -194,6 +205,101 @@ int run_config_errors() {
   return failures == 0 ? 0 : 1;
 }
 
+// A whole call under CFG parallelism, as a user makes it: every rank loads the fixture's folder, makes
+// the fixture's call alone (the single-process answer), then enables `config` and makes it again.
+// Every step's latents must match the single-process ones on every rank, rank 0 alone decodes, and
+// the ranks end bitwise equal. Then a call without guidance, which falls back (see the log line).
+int run_cfg_pipeline(const std::string& fixture, const ParallelConfig& config) {
+  Distributed dist = Distributed::init();
+  const std::unique_ptr<DiffusionPipeline> pipe =
+      load_pipeline(*test::fixtures_dir() / fixture / "pipeline", {.device = rank_device(dist).str()});
+  GenerateRequest guided = test::fixture_request(fixture);
+  // Without guidance: SD's guidance_scale 1, Qwen-Image's true_cfg_scale 1.
+  GenerateRequest unguided = guided;
+  if (guided.true_cfg_scale)
+    unguided.true_cfg_scale = 1.0;
+  else
+    unguided.guidance_scale = 1.0;
+  unguided.output_type = OutputType::Latent;
+  auto recorder = [](std::vector<at::Tensor>& into) {
+    return [&into](const StepInfo& step) {
+      into.push_back(step.latents.clone());
+      return true;
+    };
+  };
+  std::vector<at::Tensor> steps_alone, steps;
+  guided.callback = recorder(steps_alone);
+  const GenerateOutput alone = pipe->generate(guided);
+  const at::Tensor unguided_alone = pipe->generate(unguided).latents;
+
+  pipe->enable_parallelism(config, dist.shared_communicator());
+  guided.callback = recorder(steps);
+  const GenerateOutput out = pipe->generate(guided);
+  const std::string where = fixture + " " + config.describe() + ", rank " + std::to_string(dist.rank()) +
+                            " (cfg index " + std::to_string(pipe->parallel_mesh()->cfg_index()) + ")";
+  if (steps.size() != steps_alone.size()) {
+    ++failures;
+    std::cout << "FAIL " << where << ": " << steps.size() << " steps, alone " << steps_alone.size() << std::endl;
+  }
+  for (size_t i = 0; i < std::min(steps.size(), steps_alone.size()); ++i)
+    check_close(steps[i], steps_alone[i], 1e-5, where + ": latents after step " + std::to_string(i) + " vs one process");
+  check_close(out.latents, alone.latents, 1e-5, where + ": final latents vs one process");
+  const SafetensorsFile reference(*test::fixtures_dir() / fixture / "reference.safetensors");
+  check_close(out.latents, reference.load("latents_final"), 1e-4, where + ": final latents vs diffusers");
+  const at::Tensor on_rank_0 = dist.communicator().broadcast(out.latents.contiguous(), 0);
+  // Mesh members end bitwise equal; ranks past the mesh computed alone (to rounding).
+  check_close(out.latents, on_rank_0, pipe->parallel_mesh()->active() ? 0 : 1e-5, where + ": final latents vs rank 0's");
+  const bool has_image = out.image_tensor.defined();
+  if (has_image != (dist.rank() == 0)) {
+    ++failures;
+    std::cout << "FAIL " << where << (has_image ? " decoded an image" : " has no image") << std::endl;
+  }
+  if (has_image) check_close(out.image_tensor, alone.image_tensor, 1e-5, where + ": image vs one process");
+
+  check_close(pipe->generate(unguided).latents, unguided_alone, 1e-5, where + ": without guidance vs one process");
+  return failures == 0 ? 0 : 1;
+}
+
+// Pipeline-level refusals, each before anything collective: the error names what is wrong, and no
+// mesh is kept.
+int run_cfg_config_errors() {
+  Distributed dist = Distributed::init();
+  const fs::path fixtures = *test::fixtures_dir();
+  auto expect_error = [&](DiffusionPipeline& pipe, const ParallelConfig& config, const std::string& part) {
+    const std::string what = pipe.class_name() + " " + config.describe();
+    try {
+      pipe.enable_parallelism(config, dist.shared_communicator());
+      ++failures;
+      std::cout << "FAIL " << what << " was accepted" << std::endl;
+    } catch (const Error& e) {
+      const bool ok = std::string(e.what()).find(part) != std::string::npos;
+      if (!ok) ++failures;
+      std::cout << (ok ? "ok " : "FAIL ") << what << ": " << e.what() << std::endl;
+    }
+    if (pipe.parallel_mesh()) {
+      ++failures;
+      std::cout << "FAIL a mesh was kept after the error" << std::endl;
+    }
+  };
+  const std::unique_ptr<DiffusionPipeline> sd = load_pipeline(fixtures / "tiny-sd" / "pipeline");
+  expect_error(*sd, {.cfg_degree = 2, .ulysses_degree = 2}, "a UNet has none to split");
+  expect_error(*sd, {.ring_degree = 2}, "ring_degree 2 x ulysses_degree 1");
+  const std::unique_ptr<DiffusionPipeline> flux = load_pipeline(test::tiny_flux_pipeline());
+  expect_error(*flux, {.cfg_degree = 2}, "FLUX.1 runs none");
+  const std::unique_ptr<DiffusionPipeline> qwen = load_pipeline(fixtures / "tiny-qwenimage" / "pipeline");  // 4 heads
+  expect_error(*qwen, {.cfg_degree = 3}, "cfg_degree must be 1 or 2");
+  expect_error(*qwen, {.cfg_degree = 2, .ring_degree = 4}, "= 8 is more than the world size 4");
+  expect_error(*qwen, {.cfg_degree = 2, .ulysses_degree = 3}, "= 6 is more than the world size 4");
+  expect_error(*qwen, {.ulysses_degree = 3}, "does not divide the 4 attention heads");
+  expect_error(*qwen, {}, "all are 1");
+  expect_error(*qwen, {.cfg_degree = 2, .ring_degree = 0}, "must be at least 1");
+  return failures == 0 ? 0 : 1;
+}
+
+ParallelConfig parallel_config_from(char** argv) {
+  return {.cfg_degree = std::stoll(argv[0]), .ring_degree = std::stoll(argv[1]), .ulysses_degree = std::stoll(argv[2])};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -203,7 +309,10 @@ int main(int argc, char** argv) {
     if (scenario == "transformer" && argc > 3) return run_transformer(config_from(argv[2], argv[3]));
     if (scenario == "pipeline" && argc > 3) return run_pipeline(config_from(argv[2], argv[3]));
     if (scenario == "config_errors") return run_config_errors();
-    std::cerr << "usage: helper_context_parallel attention|transformer|pipeline RING ULYSSES | config_errors\n";
+    if (scenario == "cfg_pipeline" && argc > 5) return run_cfg_pipeline(argv[2], parallel_config_from(argv + 3));
+    if (scenario == "cfg_config_errors") return run_cfg_config_errors();
+    std::cerr << "usage: helper_context_parallel attention|transformer|pipeline RING ULYSSES | config_errors |\n"
+                 "       cfg_pipeline FIXTURE CFG RING ULYSSES | cfg_config_errors\n";
     return 2;
   } catch (const Error& e) {
     std::cout << "error: " << e.what() << std::endl;

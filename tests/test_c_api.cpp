@@ -700,6 +700,9 @@ TEST(CApiErrors, CreateNamesWhatIsWrong) {
   expect_option_error([](auto& o) { o.ring_degree = 2; }, DIFFUSE_ERROR_FAILED, "more than the world size 1");
   expect_option_error([](auto& o) { o.ulysses_degree = -1; }, DIFFUSE_ERROR_INVALID_ARGUMENT,
                       "ulysses_degree must be 0 or more");
+  expect_option_error([](auto& o) { o.cfg_degree = 2; }, DIFFUSE_ERROR_FAILED, "= 2 is more than the world size 1");
+  expect_option_error([](auto& o) { o.cfg_degree = 3; }, DIFFUSE_ERROR_FAILED, "cfg_degree must be 1 or 2");
+  expect_option_error([](auto& o) { o.cfg_degree = -1; }, DIFFUSE_ERROR_INVALID_ARGUMENT, "cfg_degree must be 0 or more");
   expect_option_error([](auto& o) { o.attention_backend = "fastest"; }, DIFFUSE_ERROR_INVALID_ARGUMENT,
                       "unknown attention backend 'fastest'");
   // The library's own check of the value shows that it got there.

@@ -1,4 +1,4 @@
-// Context parallelism with real processes: each test starts 2 or 4 ranks of
+// Context and CFG parallelism with real processes: each test starts 2 or 4 ranks of
 // tests/helper_context_parallel (torchrun's variables, a free port) on the CPU over Gloo; each rank
 // checks its results against the single-process answer. Every child runs under a deadline and is
 // killed when the test ends, so that nothing hangs.
@@ -89,4 +89,44 @@ TEST(ContextParallelPipeline, Ring2) {
 TEST(ContextParallelPipeline, Unified2x2) {
   DIFFUSE_REQUIRE_FIXTURES();
   EXPECT_RANKS_SUCCEED(4, {"pipeline", "2", "2"});
+}
+
+// CFG parallelism: the unconditional and the conditional pass on two halves of the ranks, each half
+// possibly context-parallel inside; every rank's latents match one process's at every step.
+namespace {
+
+bool have_fixture(const char* name) {
+  return test::fixtures_dir() && fs::exists(*test::fixtures_dir() / name / "reference.safetensors");
+}
+
+// Rank 0 logged the fallback of the call without guidance.
+void expect_fallback_logged(const std::vector<Outcome>& outcomes) {
+  EXPECT_NE(outcomes.front().output.find("cfg_degree 2 falls back for this call"), std::string::npos)
+      << describe(outcomes);
+}
+
+}  // namespace
+
+#define EXPECT_CFG_RANKS_SUCCEED(fixture, world, cfg, ring, ulysses)                                    \
+  do {                                                                                                  \
+    if (!have_fixture(fixture)) GTEST_SKIP() << fixture << " fixtures not found; skipping";             \
+    if (test::test_device().is_cuda() && static_cast<int>(at::getNumGPUs()) < (world))                  \
+      GTEST_SKIP() << (world) << " ranks need " << (world) << " GPUs, " << at::getNumGPUs() << " seen";  \
+    const auto outcomes = run_ranks((world), {"cfg_pipeline", fixture, cfg, ring, ulysses}, kDeadline); \
+    expect_all_succeed(outcomes);                                                                       \
+    expect_fallback_logged(outcomes);                                                                   \
+  } while (0)
+
+// SD: a UNet cannot be split by tokens, so two ranks per image is CFG parallelism alone.
+TEST(CfgParallelPipeline, StableDiffusionCfg2) { EXPECT_CFG_RANKS_SUCCEED("tiny-sd", 2, "2", "1", "1"); }
+// A world larger than the mesh: ranks 2 and 3 compute alone.
+TEST(CfgParallelPipeline, StableDiffusionCfg2InWorldOf4) { EXPECT_CFG_RANKS_SUCCEED("tiny-sd", 4, "2", "1", "1"); }
+TEST(CfgParallelPipeline, QwenImageCfg2) { EXPECT_CFG_RANKS_SUCCEED("tiny-qwenimage", 2, "2", "1", "1"); }
+TEST(CfgParallelPipeline, QwenImageCfg2xUlysses2) { EXPECT_CFG_RANKS_SUCCEED("tiny-qwenimage", 4, "2", "1", "2"); }
+TEST(CfgParallelPipeline, QwenImageCfg2xRing2) { EXPECT_CFG_RANKS_SUCCEED("tiny-qwenimage", 4, "2", "2", "1"); }
+
+TEST(CfgParallelPipeline, RefusesBadConfigs) {
+  if (!have_fixture("tiny-sd") || !have_fixture("tiny-qwenimage") || !have_fixture("tiny-flux"))
+    GTEST_SKIP() << "fixtures not found; skipping";
+  expect_all_succeed(run_ranks(4, {"cfg_config_errors"}, kDeadline));
 }

@@ -1,9 +1,11 @@
-// The pure parts of context parallelism: config checks, sequence shards of any length, and partial
-// attention merged by log-sum-exp equal to attention over all keys at once.
+// The pure parts of context parallelism: config checks (with CFG parallelism's cfg dimension),
+// sequence shards of any length, and partial attention merged by log-sum-exp equal to attention over
+// all keys at once.
 
 #include "diffuse/error.hpp"
 #include "diffuse/models/attention.hpp"
 #include "diffuse/parallel/context_parallel_config.hpp"
+#include "diffuse/parallel/parallel_config.hpp"
 #include "diffuse/parallel/partial_attention.hpp"
 #include "diffuse/parallel/sequence_shards.hpp"
 #include "support/test_support.hpp"
@@ -26,6 +28,34 @@ TEST(ContextParallelConfig, ValidatesAsDiffusersDoes) {
   EXPECT_NE(message({.ring_degree = 4, .ulysses_degree = 2}, 4, 24).find("more than the world size 4"), std::string::npos);
   EXPECT_NE(message({.ulysses_degree = 5}, 8, 24).find("does not divide the 24 attention heads"), std::string::npos);
   EXPECT_EQ((ContextParallelConfig{.ring_degree = 2, .ulysses_degree = 4}.describe()), "unified 2x4 (ring x ulysses)");
+}
+
+TEST(ParallelConfig, ValidatesTheCfgDimensionAgainstTheWorld) {
+  EXPECT_NO_THROW((ParallelConfig{.cfg_degree = 2}.validate(2)));
+  EXPECT_NO_THROW((ParallelConfig{.cfg_degree = 2, .ring_degree = 2, .ulysses_degree = 2}.validate(8)));
+  auto message = [](ParallelConfig c, int64_t world) {
+    try {
+      c.validate(world);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_NE(message({.cfg_degree = 3}, 8).find("cfg_degree must be 1 or 2"), std::string::npos);
+  EXPECT_NE(message({.cfg_degree = 0}, 8).find("cfg_degree must be 1 or 2"), std::string::npos);
+  EXPECT_NE(message({}, 8).find("all are 1"), std::string::npos);
+  EXPECT_NE(message({.cfg_degree = 2, .ulysses_degree = 0}, 8).find("at least 1"), std::string::npos);
+  EXPECT_NE(message({.cfg_degree = 2, .ulysses_degree = 2}, 2).find("2 x 1 x 2 = 4 is more than the world size 2"),
+            std::string::npos);
+  EXPECT_EQ((ParallelConfig{.cfg_degree = 2}.describe()), "cfg 2");
+  EXPECT_EQ((ParallelConfig{.cfg_degree = 2, .ring_degree = 2}.describe()), "cfg 2 x ring 2");
+  EXPECT_EQ((ParallelConfig{.ulysses_degree = 4}.describe()), "ulysses 4");
+  // A ContextParallelConfig is a ParallelConfig with cfg_degree 1 (what callers before cfg wrote).
+  const ParallelConfig converted = ContextParallelConfig{.ring_degree = 2, .ulysses_degree = 3, .convert_to_fp32 = false};
+  EXPECT_EQ(converted.cfg_degree, 1);
+  EXPECT_EQ(converted.context_degree(), 6);
+  EXPECT_FALSE(converted.context().convert_to_fp32);
+  EXPECT_EQ(converted.context().describe(), "unified 2x3 (ring x ulysses)");
 }
 
 TEST(SequenceShards, AnyLengthSplitsContiguouslyAndEvenly) {

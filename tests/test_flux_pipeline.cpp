@@ -3,10 +3,13 @@
 
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "diffuse/error.hpp"
 #include "diffuse/io/json_config.hpp"
 #include "diffuse/pipelines/flux_pipeline.hpp"
 #include "diffuse/pipelines/random_pipeline.hpp"
+#include "diffuse/tokenizers/t5_tokenizer.hpp"
 #include "support/test_support.hpp"
 
 using namespace diffuse;
@@ -217,6 +220,38 @@ TEST(RandomPipeline, CopiesTokenizersWhenAsked) {
   EXPECT_TRUE(fs::exists(dir / "tokenizer" / "tokenizer.json"));
   EXPECT_EQ(T5Config::from_file(dir / "text_encoder_2" / "config.json").vocab_size, 1100);
   EXPECT_ERROR_CONTAINS(write_random_flux_pipeline(dir, {.shape = "flux-huge"}), "unknown pipeline shape 'flux-huge'");
+}
+
+// Issue 18: transformers' T5TokenizerFast cannot convert a spiece.model without a precompiled
+// charsmap ("Cannot parse precompiled_charsmap"), so the random T5 tokenizer is also written as the
+// `tokenizers` library's tokenizer.json. Its vocabulary must be spiece.model's, id for id
+// (scripts/check_random_pipelines.py loads the folders in transformers and diffusers on the GPU machine).
+TEST(RandomPipeline, T5TokenizerIsAlsoWrittenAsTokenizersJsonWithTheSameIds) {
+  const fs::path dir = test::temporary_folder("random_flux_tiny_t5_json");
+  write_random_flux_pipeline(dir, {.shape = "flux-tiny"});
+  const fs::path folder = dir / "tokenizer_2";
+  ASSERT_TRUE(fs::exists(folder / "tokenizer.json")) << "transformers needs tokenizer.json for this T5 model";
+  nlohmann::json tokenizer_json;
+  std::ifstream(folder / "tokenizer.json") >> tokenizer_json;
+  const auto& model = tokenizer_json["model"];
+  EXPECT_EQ(model["type"], "Unigram");
+  const T5Tokenizer t5 = T5Tokenizer::from_pretrained(folder);
+  EXPECT_EQ(model["unk_id"].get<int64_t>(), t5.unk_id);
+  const auto& vocab = model["vocab"];
+  ASSERT_EQ(static_cast<int64_t>(vocab.size()) + 100, t5.vocab_size());  // + the extra ids
+  EXPECT_EQ(vocab[t5.pad_id][0], "<pad>");
+  EXPECT_EQ(vocab[t5.eos_id][0], "</s>");
+  // Every piece of the JSON has its id in spiece.model, and the extra ids are numbered alike.
+  for (int64_t id = 0; id < static_cast<int64_t>(vocab.size()); ++id)
+    ASSERT_EQ(t5.token_to_id(vocab[id][0].get<std::string>()), id) << vocab[id][0];
+  for (const auto& added : tokenizer_json["added_tokens"])
+    EXPECT_EQ(t5.token_to_id(added["content"].get<std::string>()), added["id"].get<int64_t>()) << added["content"];
+  // A prompt's ids read back through the JSON's vocabulary give the prompt.
+  const std::vector<int64_t> ids = t5.encode("a photo of a cat");
+  std::string text;
+  for (int64_t id : ids) text += id == t5.eos_id ? "" : vocab[id][0].get<std::string>();
+  const std::string space = "\xE2\x96\x81";  // U+2581, SentencePiece's word start
+  EXPECT_EQ(text, space + "a" + space + "photo" + space + "of" + space + "a" + space + "cat");
 }
 
 TEST(RandomPipeline, FluxDevShapeIsFlux1DevsShape) {

@@ -271,6 +271,37 @@ TEST(GenerateProgram, ReproducesStableDiffusionFromTheSeedAndFromLatents) {
   EXPECT_NE(result.output.find("unknown scheduler 'no-such'"), std::string::npos) << result.output;
 }
 
+// --cfg-degree 2 under the launcher: the two guidance passes on two processes make one process's
+// latents (within 1e-5) and image (within 1 level); rank 0 alone writes. Qwen-Image through
+// context_parallel, CFG 2 x Ulysses 2 on 4 processes, the same.
+TEST(GenerateProgram, CfgDegree2MakesTheOneProcessImage) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  const fs::path dir = test::temporary_folder("generate_program_cfg");
+  const std::string generate = (fs::path(DIFFUSE_EXAMPLES_BINARY_DIR) / "generate").string();
+  auto alone = with(sd_reference_arguments(), {"--output", (dir / "alone.png").string(), "--save-tensors",
+                                                (dir / "alone.safetensors").string()});
+  ProgramRun result = run("generate", alone);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  std::vector<std::string> launched = {"--nproc-per-node", "2", "--no-prefix", generate};
+  launched = with(launched, with(sd_reference_arguments(), {"--cfg-degree", "2", "--output", (dir / "cfg.png").string(),
+                                                            "--save-tensors", (dir / "cfg.safetensors").string()}));
+  result = run("diffuse-launch", launched);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TENSORS_CLOSE(SafetensorsFile(dir / "cfg.safetensors").load("latents"),
+                       SafetensorsFile(dir / "alone.safetensors").load("latents"), 1e-5);
+  EXPECT_LE((png_pixels(dir / "cfg.png") - png_pixels(dir / "alone.png")).abs().max().item<int>(), 1);
+
+  alone = with(qwen_reference_arguments(), {"--output", (dir / "qwen_alone.png").string()});
+  result = run("generate", alone);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  launched = {"--nproc-per-node", "4", "--no-prefix", (fs::path(DIFFUSE_EXAMPLES_BINARY_DIR) / "context_parallel").string()};
+  launched = with(launched, with(qwen_reference_arguments(), {"--cfg-degree", "2", "--ulysses-degree", "2", "--output",
+                                                              (dir / "qwen_cfg.png").string()}));
+  result = run("diffuse-launch", launched);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_LE((png_pixels(dir / "qwen_cfg.png") - png_pixels(dir / "qwen_alone.png")).abs().max().item<int>(), 1);
+}
+
 TEST(GenerateProgram, ReproducesTheReferenceImageAndTensors) {
   DIFFUSE_REQUIRE_FIXTURES();
   const fs::path dir = test::temporary_folder("generate_program");
@@ -398,6 +429,8 @@ TEST(Programs, RefuseMalformedNumbersAndUnknownChoicesWithOneLine) {
       {"context_parallel", with(generate, {"--guidance", "3.5x"}), "--guidance expects a non-negative number, got '3.5x'"},
       {"context_parallel", with(generate, {"--ring-degree", "0"}), "--ring-degree expects an integer from 1 to 65536, got '0'"},
       {"context_parallel", with(generate, {"--ulysses-degree", "two"}), "--ulysses-degree expects an integer"},
+      {"context_parallel", with(generate, {"--cfg-degree", "3"}), "--cfg-degree expects an integer from 1 to 2, got '3'"},
+      {"generate", with(generate, {"--cfg-degree", "0"}), "--cfg-degree expects an integer from 1 to 2, got '0'"},
       {"context_parallel", with(generate, {"--attention-backend", "fast"}), "--attention-backend: unknown attention backend 'fast'"},
       {"context_parallel", with(generate, {"--dtype", "float64"}), "--dtype expects float32, bfloat16 or float16"},
       {"model_sharding", with(generate, {"--height", "-5"}), "--height expects a non-negative integer, got '-5'"},
@@ -439,13 +472,13 @@ TEST(Programs, HelpListsEveryOptionWithItsDefault) {
       {"generate", {"--model DIR", "--prompt TEXT", "--prompt-2 TEXT", "--height N", "--width N", "--round-size",
                     "--steps N", "--guidance X", "--seed N", "--max-sequence-length N", "--num-images-per-prompt N",
                     "--output-type image|latent", "--output FILE", "--latents FILE", "--save-tensors FILE",
-                    "--dtype float32|bfloat16|float16", "--device cpu|cuda|cuda:N", "--quiet", "--help",
+                    "--dtype float32|bfloat16|float16", "--device cpu|cuda|cuda:N", "--quiet", "--help", "--cfg-degree N",
                     "28 for FLUX.1, 50 for SD", "3.5 for FLUX.1, 7.5 for SD", "(default out.png)", "(default: random)"}},
       {"data_parallel", {"--model DIR", "--prompt TEXT", "--prompts-file FILE", "--height N", "--width N",
                          "--round-size", "--steps N", "--guidance X", "--seed N", "--max-sequence-length N",
                          "--num-images-per-prompt N", "--output-dir DIR", "--dtype", "--device", "--quiet",
                          "cuda:LOCAL_RANK", "DIFFUSE_DIST_TIMEOUT"}},
-      {"context_parallel", {"--model DIR", "--prompt TEXT", "--ring-degree N", "--ulysses-degree N",
+      {"context_parallel", {"--model DIR", "--prompt TEXT", "--ring-degree N", "--ulysses-degree N", "--cfg-degree N",
                             "--attention-backend auto|", "--height N", "--width N", "--steps N", "--guidance X",
                             "--seed N", "--max-sequence-length N", "--output FILE", "--dtype", "--device", "--quiet",
                             "(default context_parallel.png)"}},

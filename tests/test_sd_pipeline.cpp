@@ -122,6 +122,18 @@ TEST(StableDiffusionPipeline, GivenLatentsAndTheFirstUNetCallMatchDiffusers) {
   EXPECT_TENSORS_CLOSE(pipe.decode_latents(out.latents), reference().load("pipeline_output_pt"), 1e-4);
 }
 
+// With the UNet replayed from a CUDA graph (the default on a GPU) the latents are the eager ones,
+// bit for bit: the same kernels run on the same inputs. On the CPU both calls are eager.
+TEST(StableDiffusionPipeline, CudaGraphsGiveTheEagerLatents) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  GenerateRequest request = reference_request();
+  request.output_type = OutputType::Latent;
+  const at::Tensor with_graphs = tiny_pipeline().generate(request).latents;
+  const at::Tensor eager = tiny_pipeline({.cuda_graphs = false}).generate(request).latents;
+  EXPECT_TRUE(at::equal(with_graphs, eager)) << "max difference "
+                                             << (with_graphs - eager).abs().max().item<double>();
+}
+
 TEST(StableDiffusionPipeline, EachSwappedSchedulerReproducesDiffusers) {
   DIFFUSE_REQUIRE_FIXTURES();
   StableDiffusionPipeline pipe = tiny_pipeline();

@@ -159,6 +159,22 @@ void add_generation_options(CLI::App& app, GenerationOptions& options, const std
   app.option_defaults()->group(group);
 }
 
+void add_cfg_degree_option(CLI::App& app, ParallelOptions& options) {
+  add_int(app, "--cfg-degree", options.cfg_degree,
+          "2: the unconditional and the conditional pass of guidance on two halves\n"
+          "of the ranks (CFG parallelism; SD and Qwen-Image), exchanged once per step",
+          {.min = 1, .max = 2})
+      ->group("Parallelism");
+}
+
+void add_parallel_options(CLI::App& app, ParallelOptions& options) {
+  add_cfg_degree_option(app, options);
+  add_int(app, "--ring-degree", options.ring_degree, "ranks in the ring", {.min = 1, .max = 65536})->group("Parallelism");
+  add_int(app, "--ulysses-degree", options.ulysses_degree, "ranks in each Ulysses group; must divide the attention heads",
+          {.min = 1, .max = 65536})
+      ->group("Parallelism");
+}
+
 diffuse::GenerateRequest GenerationOptions::request() const {
   diffuse::GenerateRequest request;
   request.prompt = prompts;

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "cli/cli.hpp"
+#include "diffuse/parallel/parallel_config.hpp"
 #include "diffuse/pipelines/generate_request.hpp"
 
 namespace diffuse::cli {
@@ -99,5 +100,23 @@ struct GenerationOptions {
 // Adds the listed options, in the "Generation" group of --help. None is required here; a program that
 // needs one marks it: app.get_option("--prompt")->required().
 void add_generation_options(CLI::App& app, GenerationOptions& options, const std::vector<Gen>& which);
+
+// ---- parallelism: one image over the ranks of a launched world (docs/context_parallel.md) ---------
+struct ParallelOptions {
+  int64_t cfg_degree = 1;      // --cfg-degree 1|2
+  int64_t ring_degree = 1;     // --ring-degree N
+  int64_t ulysses_degree = 1;  // --ulysses-degree N
+
+  // Whether any degree is above 1 (the program then joins the launched world).
+  bool enabled() const { return cfg_degree * ring_degree * ulysses_degree > 1; }
+  diffuse::ParallelConfig config() const {
+    return {.cfg_degree = cfg_degree, .ring_degree = ring_degree, .ulysses_degree = ulysses_degree};
+  }
+};
+
+// --cfg-degree alone (a program whose families have no context parallelism to offer, or that keeps
+// it simple), or with --ring-degree and --ulysses-degree; in the "Parallelism" group of --help.
+void add_cfg_degree_option(CLI::App& app, ParallelOptions& options);
+void add_parallel_options(CLI::App& app, ParallelOptions& options);
 
 }  // namespace diffuse::cli

@@ -181,6 +181,12 @@ typedef struct diffuse_pipeline_options {
   /* The transformer's attention kernel: NULL or "" for "auto"; "math", "native", "flash", "efficient",
      "cudnn" (the fused ones need CUDA). */
   const char* attention_backend;
+  /* ---- third version ---- */
+  /* CFG parallelism (0 or 1: none; 2: the unconditional and the conditional pass of guidance on two
+     halves of the ranks, each half ring_degree x ulysses_degree ranks; docs/context_parallel.md). As
+     with ring/Ulysses, above 1 this process is one rank of a launched world. Stable Diffusion takes
+     cfg_degree 2 alone; FLUX.1 refuses it (its guidance is distilled, it has no unconditional pass). */
+  int32_t cfg_degree;
 } diffuse_pipeline_options;
 
 /* Defaults: float32 on the CPU, every component, no device map, no parallelism. */
@@ -215,7 +221,7 @@ typedef struct diffuse_pipeline_info {
   int32_t guidance_embeds;        /* 1 when the transformer takes guidance_scale (FLUX.1-dev) */
   char dtype[16];                 /* "float32", ... */
   char device[32];                /* "cpu", "cuda:0", ... */
-  int32_t parallel_rank;          /* this process's rank under context parallelism (0: gets images) */
+  int32_t parallel_rank;          /* this process's rank under cfg/context parallelism (0: gets images) */
   int32_t parallel_world_size;    /* 1 without context parallelism */
   /* ---- second version: the family ---- */
   char class_name[64];            /* "FluxPipeline", "StableDiffusionPipeline", "QwenImagePipeline" */

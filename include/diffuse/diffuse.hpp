@@ -50,6 +50,8 @@
 #include "diffuse/pipelines/staged_call.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
 #include "diffuse/parallel/context_parallel_config.hpp"
+#include "diffuse/parallel/parallel_config.hpp"
+#include "diffuse/parallel/parallel_mesh.hpp"
 #include "diffuse/parallel/partial_attention.hpp"
 #include "diffuse/parallel/sequence_shards.hpp"
 #include "diffuse/placement/device_map.hpp"

@@ -20,11 +20,6 @@ at::Tensor decode_latents(DiffusionPipeline& pipe, const at::Tensor& latents, in
   invalid(pipe.class_name() + " has no latent decoding in the C API");
 }
 
-int parallel_rank(const DiffusionPipeline& pipe) {
-  if (const auto* flux = dynamic_cast<const FluxPipeline*>(&pipe)) return flux->parallel_rank();
-  if (const auto* qwen = dynamic_cast<const QwenImagePipeline*>(&pipe)) return qwen->parallel_rank();
-  return 0;
-}
 
 bool is_flux(const DiffusionPipeline& pipe) { return dynamic_cast<const FluxPipeline*>(&pipe) != nullptr; }
 

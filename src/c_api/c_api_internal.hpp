@@ -171,8 +171,6 @@ void write_versioned(T* out, const T& full, size_t v1_size, const char* name) {
 PromptEmbeddings encode_prompt(DiffusionPipeline& pipe, const EncodeRequest& request);
 // The family's decode_latents: latents as generate returns them -> [B, 3, height, width] in [0, 1].
 at::Tensor decode_latents(DiffusionPipeline& pipe, const at::Tensor& latents, int64_t height, int64_t width);
-// This process's rank under context parallelism (0 without, and for families without it).
-int parallel_rank(const DiffusionPipeline& pipe);
 bool is_flux(const DiffusionPipeline& pipe);
 
 // A copy of `count` floats of the caller's, shaped.

@@ -75,9 +75,11 @@ PipelineOptions cpp_options(const diffuse_pipeline_options& o) {
   if (!empty(o.max_memory)) options.max_memory = parse_max_memory(o.max_memory);
   check_parallel_degree(o.ring_degree, "ring_degree");
   check_parallel_degree(o.ulysses_degree, "ulysses_degree");
-  if (o.ring_degree > 1 || o.ulysses_degree > 1)
-    options.parallel_config = ContextParallelConfig{.ring_degree = std::max(o.ring_degree, 1),
-                                                    .ulysses_degree = std::max(o.ulysses_degree, 1)};
+  check_parallel_degree(o.cfg_degree, "cfg_degree");
+  if (o.ring_degree > 1 || o.ulysses_degree > 1 || o.cfg_degree > 1)
+    options.parallel_config = ParallelConfig{.cfg_degree = std::max(o.cfg_degree, 1),
+                                             .ring_degree = std::max(o.ring_degree, 1),
+                                             .ulysses_degree = std::max(o.ulysses_degree, 1)};
   if (!empty(o.attention_backend)) {
     try {
       parse_attention_backend(o.attention_backend);
@@ -156,7 +158,7 @@ diffuse_status diffuse_pipeline_create(const char* folder, const diffuse_pipelin
     if (!fs::exists(path / "model_index.json"))
       fail(DIFFUSE_ERROR_NOT_FOUND, "'" + path.string() + "' has no model_index.json (not a diffusers pipeline folder)");
 
-    // Context parallelism: this process is one rank of the world its launcher describes; "cuda" means
+    // Parallelism (cfg, ring, Ulysses): this process is one rank of the world its launcher describes; "cuda" means
     // this rank's GPU.
     std::unique_ptr<diffuse::Distributed> world;
     if (cpp.parallel_config) {
@@ -203,7 +205,7 @@ diffuse_status diffuse_pipeline_get_info(diffuse_pipeline* pipeline, diffuse_pip
     full.guidance_embeds = p.guidance_embeds ? 1 : 0;
     copy_name(full.dtype, sizeof full.dtype, diffuse::dtype_name(p.pipe->dtype()));
     copy_name(full.device, sizeof full.device, loaded_device(*p.pipe));
-    full.parallel_rank = parallel_rank(*p.pipe);
+    full.parallel_rank = p.pipe->parallel_rank();
     full.parallel_world_size = p.distributed ? p.distributed->world_size() : 1;
     copy_name(full.class_name, sizeof full.class_name, family.class_name);
     full.size_multiple = family.size_multiple;

@@ -43,6 +43,7 @@ void DiffusionPipeline::load_components(const std::filesystem::path& folder, Pip
     throw NotFoundError(folder.string() + ": no model_index.json (not a diffusers pipeline folder)");
   const ModelIndex index = ModelIndex::from_file(index_path);
   const std::string& family = spec_.class_name;
+  cuda_graphs_ = options.cuda_graphs;
   if (index.class_name != family)
     DIFFUSE_LOG_WARN("{}: pipeline class is {}, loading it as {}", index_path.string(), index.class_name, family);
 
@@ -222,6 +223,13 @@ DiffusionPipeline::OnDevice::~OnDevice() {
 DiffusionPipeline::OnDevice DiffusionPipeline::on_device_while_running(const std::string& component) const {
   if (offload_ != Offload::Model) return OnDevice(nullptr, std::nullopt);
   return OnDevice(require(component, "offloading").module().get(), offload_device_);
+}
+
+bool DiffusionPipeline::can_capture_cuda_graph(const std::string& component) const {
+  if (!cuda_graphs_ || offload_ == Offload::Sequential || !has(component)) return false;
+  const Component& c = require(component, "a CUDA graph");
+  if (!c.is_model() || hooks_of(*c.module())) return false;
+  return execution_device(component).is_cuda();
 }
 
 void DiffusionPipeline::remove_all_hooks() {

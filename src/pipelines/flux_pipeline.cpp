@@ -12,6 +12,7 @@
 #include "diffuse/errors.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
+#include "diffuse/models/graph_call.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
 #include "diffuse/placement/device_memory.hpp"
@@ -59,12 +60,7 @@ FluxPipeline FluxPipeline::from_pretrained(const std::filesystem::path& folder, 
   pipe.num_channels_latents_ = pipe.transformer_config_.in_channels / 4;
   if (pipe.has("transformer"))
     pipe.transformer()->set_attention_backend(parse_attention_backend(options.attention_backend));
-  if (options.parallel_config) {
-    if (!options.parallel_world)
-      throw Error("FluxPipeline: parallel_config needs parallel_world, the communicator over the ranks "
-                  "(Distributed::init().shared_communicator())");
-    pipe.enable_parallelism(*options.parallel_config, options.parallel_world);
-  }
+  pipe.enable_parallelism_from(options);
   return pipe;
 }
 
@@ -84,18 +80,22 @@ PipelineInfo FluxPipeline::info() const {
           .scheduler = has("scheduler") ? components_.get<Scheduler>("scheduler").class_name() : ""};
 }
 
-void FluxPipeline::enable_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> world) {
-  if (!world) throw Error("FluxPipeline::enable_parallelism: no communicator given");
-  transformer()->enable_parallelism(config, world);
-  parallel_world_ = std::move(world);
+void FluxPipeline::check_parallel_config(const ParallelConfig& config) const {
+  if (config.cfg_degree > 1)
+    throw Error("FluxPipeline: cfg_degree " + std::to_string(config.cfg_degree) +
+                " needs an unconditional pass to put on the other ranks, and FLUX.1 runs none (its guidance is "
+                "distilled into the model); use ring_degree or ulysses_degree");
+  // The Ulysses degree against the heads, before the mesh's collectives.
+  config.context().validate(config.context_degree(), transformer_config_.num_attention_heads);
 }
 
-void FluxPipeline::disable_parallelism() {
+void FluxPipeline::enable_context_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> group) {
+  transformer()->enable_parallelism(config, std::move(group));
+}
+
+void FluxPipeline::disable_context_parallelism() {
   if (has("transformer")) transformer()->disable_parallelism();
-  parallel_world_.reset();
 }
-
-int FluxPipeline::parallel_rank() const { return parallel_world_ ? parallel_world_->rank() : 0; }
 
 FluxTransformer2DModel FluxPipeline::transformer() const {
   return require_model<FluxTransformer2DModel>("transformer", "denoising");
@@ -163,7 +163,7 @@ void FluxPipeline::check_memory_for(const GenerateRequest& request, int64_t heig
     const FluxTransformerConfig& c = transformer_config_;
     const at::Tensor probe = at::empty({1, 1, 1, c.attention_head_dim}, at::TensorOptions(dtype_).device(device));
     const bool math = resolve_attention_backend(transformer()->attention_backend(), probe) == AttentionBackend::math;
-    const uint64_t shards = parallel_world_ ? static_cast<uint64_t>(parallel_world_->size()) : 1;
+    const auto shards = static_cast<uint64_t>(context_parallel_degree());
     // Math attention holds float32 scores and probabilities for every (query, key) pair of a head's
     // shard; fused kernels hold nothing quadratic, only the tokens.
     const uint64_t attention = math ? 2 * 4 * rows * static_cast<uint64_t>(c.num_attention_heads) *
@@ -234,13 +234,21 @@ at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmb
   ProgressBar progress(num_steps, show_progress);
   at::NoGradGuard no_grad;
   const auto running = on_device_while_running("transformer");
+  // The latents and the timestep change each step; the other inputs are read where they are. Under
+  // context parallelism the call holds collectives, which stay out of graphs.
+  CudaGraphCall denoise(
+      [&](const std::vector<at::Tensor>& in) {
+        FluxTransformerInputs step = inputs;
+        step.hidden_states = in[0];
+        step.timestep = in[1];
+        // Under a device map the last block may run on another GPU than the latents live on.
+        return model->forward(step).to(device);
+      },
+      can_capture_cuda_graph("transformer") && !parallel_world_);
   for (int64_t i = 0; i < num_steps; ++i) {
     const at::Tensor t = timesteps[i];
-    inputs.hidden_states = latents;
     // diffusers: t.expand(batch).to(latents.dtype), divided by 1000 in that dtype.
-    inputs.timestep = t.expand({batch}).to(device, latents.scalar_type()) / 1000;
-    // Under a device map the last block may run on another GPU than the latents live on.
-    at::Tensor noise_pred = model->forward(inputs).to(device);
+    at::Tensor noise_pred = denoise({latents, t.expand({batch}).to(device, latents.scalar_type()) / 1000});
     latents = steps.step(noise_pred, t.item<double>(), latents, generator);
     progress.advance();
     if (request.callback &&

@@ -93,12 +93,7 @@ QwenImagePipeline QwenImagePipeline::from_pretrained(const std::filesystem::path
   pipe.num_channels_latents_ = pipe.transformer_config_.in_channels / 4;
   if (pipe.has("transformer"))
     pipe.transformer()->set_attention_backend(parse_attention_backend(options.attention_backend));
-  if (options.parallel_config) {
-    if (!options.parallel_world)
-      throw Error("QwenImagePipeline: parallel_config needs parallel_world, the communicator over the ranks "
-                  "(Distributed::init().shared_communicator())");
-    pipe.enable_parallelism(*options.parallel_config, options.parallel_world);
-  }
+  pipe.enable_parallelism_from(options);
   return pipe;
 }
 
@@ -119,18 +114,21 @@ PipelineInfo QwenImagePipeline::info() const {
           .scheduler = has("scheduler") ? components_.get<Scheduler>("scheduler").class_name() : ""};
 }
 
-void QwenImagePipeline::enable_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> world) {
-  if (!world) throw Error("QwenImagePipeline::enable_parallelism: no communicator given");
-  transformer()->enable_parallelism(config, world);
-  parallel_world_ = std::move(world);
+void QwenImagePipeline::check_parallel_config(const ParallelConfig& config) const {
+  // Both dimensions are supported; the Ulysses degree is checked against the heads before the mesh's
+  // collectives.
+  if (config.splits_context())
+    config.context().validate(config.context_degree(), transformer_config_.num_attention_heads);
 }
 
-void QwenImagePipeline::disable_parallelism() {
+void QwenImagePipeline::enable_context_parallelism(const ContextParallelConfig& config,
+                                                   std::shared_ptr<Communicator> group) {
+  transformer()->enable_parallelism(config, std::move(group));
+}
+
+void QwenImagePipeline::disable_context_parallelism() {
   if (has("transformer")) transformer()->disable_parallelism();
-  parallel_world_.reset();
 }
-
-int QwenImagePipeline::parallel_rank() const { return parallel_world_ ? parallel_world_->rank() : 0; }
 
 QwenImageTransformer2DModel QwenImagePipeline::transformer() const {
   return require_model<QwenImageTransformer2DModel>("transformer", "denoising");
@@ -236,7 +234,7 @@ void QwenImagePipeline::check_memory_for(const GenerateRequest& request, int64_t
     const QwenImageTransformerConfig& c = transformer_config_;
     const at::Tensor probe = at::empty({1, 1, 1, c.attention_head_dim}, at::TensorOptions(dtype_).device(device));
     const bool math = resolve_attention_backend(transformer()->attention_backend(), probe) == AttentionBackend::math;
-    const uint64_t shards = parallel_world_ ? static_cast<uint64_t>(parallel_world_->size()) : 1;
+    const auto shards = static_cast<uint64_t>(context_parallel_degree());
     // Math attention holds float32 scores and probabilities for every (query, key) pair of a head's
     // shard; fused kernels hold nothing quadratic, only the tokens.
     need = math ? 2 * 4 * r * static_cast<uint64_t>(c.num_attention_heads) * ((tokens + shards - 1) / shards) * tokens
@@ -261,12 +259,18 @@ void QwenImagePipeline::check_memory_for(const GenerateRequest& request, int64_t
 
 at::Tensor QwenImagePipeline::denoise(const GenerateRequest& request, const PromptEmbeddings& embeddings,
                                       at::Tensor latents, int64_t height, int64_t width, double true_cfg_scale,
-                                      const at::Generator& generator, bool& interrupted) {
+                                      const at::Generator& generator, const std::shared_ptr<Communicator>& cfg_group,
+                                      bool& interrupted) {
   QwenImageTransformer2DModel model = transformer();
   Scheduler& steps = scheduler();
   const c10::Device device = latents.device();
   const int64_t batch = latents.size(0);
   const bool true_cfg = embeddings.negative_prompt_embeds.defined();
+  // CFG parallelism: this rank runs one of the two calls, the negative one on cfg index 0 (each with its
+  // own text length and mask), and one exchange per step gives it the other.
+  const bool split = true_cfg && cfg_group != nullptr;
+  const bool run_positive = !split || cfg_group->rank() == 1;
+  const bool run_negative = true_cfg && (!split || cfg_group->rank() == 0);
 
   const std::vector<double> sigmas = request.sigmas.value_or(flux_sigmas(request.num_inference_steps.value_or(kDefaultSteps)));
   // As diffusers' QwenImagePipeline: the shift grows with the image's token count, with the scheduler
@@ -306,16 +310,20 @@ at::Tensor QwenImagePipeline::denoise(const GenerateRequest& request, const Prom
     const at::Tensor t = timesteps[i];
     // diffusers: t.expand(batch).to(latents.dtype), divided by 1000 in that dtype.
     const at::Tensor timestep = t.expand({batch}).to(device, latents.scalar_type()) / 1000;
-    cond.hidden_states = latents;
-    cond.timestep = timestep;
+    at::Tensor noise_pred, negative;
     // Under a device map the last block may run on another GPU than the latents live on.
-    at::Tensor noise_pred = model->forward(cond).to(device);
-    if (true_cfg) {
+    if (run_positive) {
+      cond.hidden_states = latents;
+      cond.timestep = timestep;
+      noise_pred = model->forward(cond).to(device);
+    }
+    if (run_negative) {
       uncond.hidden_states = latents;
       uncond.timestep = timestep;
-      const at::Tensor negative = model->forward(uncond).to(device);
-      noise_pred = true_classifier_free_guidance(negative, noise_pred, true_cfg_scale);
+      negative = model->forward(uncond).to(device);
     }
+    if (split) std::tie(negative, noise_pred) = exchange_guidance_halves(*cfg_group, run_positive ? noise_pred : negative);
+    if (true_cfg) noise_pred = true_classifier_free_guidance(negative, noise_pred, true_cfg_scale);
     latents = steps.step(noise_pred, t.item<double>(), latents, generator);
     progress.advance();
     if (request.callback && !request.callback(StepInfo{i, num_steps, t.item<double>(), latents})) {
@@ -427,7 +435,11 @@ GenerateOutput QwenImagePipeline::generate(const GenerateRequest& request) {
     // diffusers draws [B, 1, C, h, w] and packs it: the same numbers as FLUX.1's [B, C, h, w].
     latents = prepare_latents(batch, num_channels_latents_, height, width, vae_scale_factor_, dtype_, device, generator);
   }
-  out.latents = denoise(request, embeddings, latents, height, width, true_cfg_scale, generator, out.interrupted);
+  const std::shared_ptr<Communicator> cfg_group = cfg_group_for_call(
+      do_true_cfg, true_cfg_scale <= 1 ? "true_cfg_scale " + c10::str(true_cfg_scale) + " is not above 1"
+                                       : std::string("no negative prompt is given (true CFG needs one)"));
+  out.latents =
+      denoise(request, embeddings, latents, height, width, true_cfg_scale, generator, cfg_group, out.interrupted);
   out.times.denoise_seconds = seconds_since(stage);
 
   // ---- decode --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #include "diffuse/errors.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
+#include "diffuse/models/graph_call.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/guidance.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
@@ -50,9 +51,6 @@ const PipelineSpec& StableDiffusionPipeline::pipeline_spec() {
 
 StableDiffusionPipeline StableDiffusionPipeline::from_pretrained(const std::filesystem::path& folder,
                                                                  PipelineOptions options) {
-  if (options.parallel_config)
-    throw Error("StableDiffusionPipeline: context parallelism splits a transformer's tokens; a UNet has none to "
-                "split (run prompts in parallel with data parallelism instead)");
   StableDiffusionPipeline pipe;
   pipe.load_components(folder, options);
   // Configs are read even for skipped models: latent shapes need them.
@@ -62,7 +60,16 @@ StableDiffusionPipeline StableDiffusionPipeline::from_pretrained(const std::file
                                        : UNet2DConditionConfig::from_file(pipe.component_folder("unet") / "config.json");
   pipe.vae_scale_factor_ = pipe.vae_config_.vae_scale_factor();
   if (pipe.has("unet")) pipe.unet()->set_attention_backend(parse_attention_backend(options.attention_backend));
+  pipe.enable_parallelism_from(options);
   return pipe;
+}
+
+void StableDiffusionPipeline::check_parallel_config(const ParallelConfig& config) const {
+  if (config.splits_context())
+    throw Error("StableDiffusionPipeline: ring_degree " + std::to_string(config.ring_degree) + " x ulysses_degree " +
+                std::to_string(config.ulysses_degree) +
+                " asks for context parallelism, which splits a transformer's tokens; a UNet has none to split. "
+                "Use cfg_degree 2 alone (two ranks per image), and data parallelism for more prompts");
 }
 
 PipelineInfo StableDiffusionPipeline::info() const {
@@ -180,7 +187,11 @@ GenerateOutput StableDiffusionPipeline::generate(const GenerateRequest& request)
   if (request.true_cfg_scale || request.prompt_embeds_mask.defined() || request.negative_prompt_embeds_mask.defined())
     throw Error("StableDiffusionPipeline takes no true_cfg_scale or prompt embedding masks (those are Qwen-Image's; "
                 "SD's classifier-free guidance is guidance_scale)");
-  const ClassifierFreeGuidance guidance{request.guidance_scale.value_or(kDefaultGuidance)};
+  const double guidance_scale = request.guidance_scale.value_or(kDefaultGuidance);
+  // Under cfg_degree 2 the unconditional batch runs on cfg index 0 and the conditional on cfg index 1.
+  const ClassifierFreeGuidance guidance{
+      guidance_scale,
+      cfg_group_for_call(guidance_scale > 1, "guidance_scale " + c10::str(guidance_scale) + " is not above 1")};
   const int64_t default_size = unet_config_.sample_size * vae_scale_factor_;
   const int64_t height = checked_image_size(request.height, default_size, vae_scale_factor_, request.round_size, "height");
   const int64_t width = checked_image_size(request.width, default_size, vae_scale_factor_, request.round_size, "width");
@@ -198,7 +209,7 @@ GenerateOutput StableDiffusionPipeline::generate(const GenerateRequest& request)
       throw Error("negative_prompt_embeds have shape " + c10::str(ne.sizes()) + " but prompt_embeds " +
                   c10::str(pe.sizes()) + "; they must match");
   }
-  check_memory_for(guidance.enabled() ? 2 * batch : batch, height, width, request.output_type != OutputType::Latent);
+  check_memory_for(guidance.enabled() && !guidance.split() ? 2 * batch : batch, height, width, request.output_type != OutputType::Latent);
 
   GenerateOutput out;
   out.height = height;
@@ -236,7 +247,7 @@ GenerateOutput StableDiffusionPipeline::generate(const GenerateRequest& request)
   const at::Tensor timesteps = steps.timesteps();
   const int64_t num_steps = timesteps.size(0);
 
-  const at::Generator generator = request_generator(request, nullptr);
+  const at::Generator generator = request_generator(request, parallel_world_);
   const std::vector<int64_t> shape = {batch, unet_config_.in_channels, height / vae_scale_factor_,
                                       width / vae_scale_factor_};
   at::Tensor latents;
@@ -257,12 +268,14 @@ GenerateOutput StableDiffusionPipeline::generate(const GenerateRequest& request)
   at::NoGradGuard no_grad;
   {
     const auto running = on_device_while_running("unet");
+    // Under a device map the last block may run on another GPU than the latents live on.
+    CudaGraphCall denoise([&](const std::vector<at::Tensor>& in) { return model->forward(in[0], in[1], in[2]).to(device); },
+                          can_capture_cuda_graph("unet"));
     for (int64_t i = 0; i < num_steps; ++i) {
       const at::Tensor t = timesteps[i];
       const double timestep = t.item<double>();
       const at::Tensor input = steps.scale_model_input(guidance.batch(latents), timestep);
-      // Under a device map the last block may run on another GPU than the latents live on.
-      const at::Tensor noise_pred = guidance.combine(model->forward(input, t.to(device), condition).to(device));
+      const at::Tensor noise_pred = guidance.combine(denoise({input, t.to(device), condition}));
       latents = steps.step(noise_pred, timestep, latents, generator);
       progress.advance();
       if (request.callback && !request.callback(StepInfo{i, num_steps, timestep, latents})) {
@@ -275,7 +288,8 @@ GenerateOutput StableDiffusionPipeline::generate(const GenerateRequest& request)
   out.times.denoise_seconds = seconds_since(stage);
 
   // ---- decode --------------------------------------------------------------------------------------
-  if (request.output_type != OutputType::Latent) {
+  // Under CFG parallelism every rank holds the same latents; rank 0 alone makes the image.
+  if (request.output_type != OutputType::Latent && parallel_rank() == 0) {
     stage = Clock::now();
     out.image_tensor = decode_latents(out.latents).to(at::kCPU);
     if (request.output_type == OutputType::Image) out.images = images_from_tensor(out.image_tensor);

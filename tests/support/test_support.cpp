@@ -38,6 +38,23 @@ GenerateRequest reference_request() {
   return request;
 }
 
+GenerateRequest fixture_request(const std::string& fixture) {
+  const JsonConfig args = JsonConfig::load(*fixtures_dir() / fixture / "reference.json");
+  GenerateRequest request;
+  request.prompt = args.get_string_list("prompts", {});
+  if (args.has("negative_prompts")) request.negative_prompt = args.get_string_list("negative_prompts", {});
+  request.height = args.get_int("height", 0);
+  request.width = args.get_int("width", 0);
+  request.num_inference_steps = args.get_int("num_inference_steps", 0);
+  request.guidance_scale = args.get_optional_double("guidance_scale");
+  request.true_cfg_scale = args.get_optional_double("true_cfg_scale");
+  if (args.has("max_sequence_length")) request.max_sequence_length = args.get_int("max_sequence_length", 0);
+  request.seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  request.output_type = OutputType::Tensor;
+  request.progress = false;
+  return request;
+}
+
 std::filesystem::path temporary_folder(const std::string& name) {
   std::filesystem::path dir = std::filesystem::path(DIFFUSE_TEST_BINARY_DIR) / "tmp" / name;
   std::filesystem::remove_all(dir);

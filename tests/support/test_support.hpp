@@ -24,6 +24,9 @@ const SafetensorsFile& tiny_flux_reference();
 // The reference call (tiny-flux/reference.json's arguments) as a request, output_type Tensor, no
 // progress bar.
 GenerateRequest reference_request();
+// The same for any fixture folder's reference.json ("tiny-sd", "tiny-qwenimage"): prompts, negative
+// prompts, size, steps, guidance_scale or true_cfg_scale, max_sequence_length and seed, as given.
+GenerateRequest fixture_request(const std::string& fixture);
 // A fresh empty folder under the build tree for one test's files.
 std::filesystem::path temporary_folder(const std::string& name);
 

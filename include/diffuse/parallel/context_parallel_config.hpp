@@ -9,6 +9,8 @@
 
 namespace diffuse {
 
+struct ParallelConfig;  // diffuse/parallel/parallel_config.hpp: this with a cfg dimension
+
 struct ContextParallelConfig {
   int64_t ring_degree = 1;
   int64_t ulysses_degree = 1;
@@ -21,6 +23,9 @@ struct ContextParallelConfig {
   // diffusers' checks: both degrees at least 1, at least one above 1, their product at most the world
   // size, and the Ulysses degree dividing the head count. Throws diffuse::Error saying which.
   void validate(int64_t world_size, int64_t num_heads) const;
+  // The same split as a ParallelConfig (cfg_degree 1), for PipelineOptions::parallel_config and
+  // DiffusionPipeline::enable_parallelism.
+  operator ParallelConfig() const;
 };
 
 }  // namespace diffuse

@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "diffuse/io/configs.hpp"
-#include "diffuse/parallel/context_parallel_config.hpp"
+#include "diffuse/parallel/parallel_config.hpp"
 #include "diffuse/pipelines/components.hpp"
 #include "diffuse/pipelines/generate_request.hpp"
 #include "diffuse/placement/device_map.hpp"
@@ -35,6 +35,7 @@
 namespace diffuse {
 
 class Communicator;  // diffuse/distributed/communicator.hpp
+class ParallelMesh;  // diffuse/parallel/parallel_mesh.hpp
 
 struct PipelineOptions {
   c10::ScalarType dtype = c10::kFloat;  // of the models' weights and compute
@@ -52,10 +53,17 @@ struct PipelineOptions {
   // The attention kernel of the denoiser: "auto", "math", "native", "flash", "efficient", "cudnn"
   // (models/attention_backend.hpp).
   std::string attention_backend = "auto";
-  // Context parallelism for the denoiser (diffusers' parallel_config; docs/context_parallel.md), for
-  // the families that support it: every rank of `parallel_world` loads the same folder with the same
-  // options and makes the same calls; rank 0 gets the images, every rank the latents.
-  std::optional<ContextParallelConfig> parallel_config;
+  // Replay each denoiser call from a CUDA graph (models/graph_call.hpp) when the denoiser runs
+  // wholly on one GPU without per-block hooks (not under sequential offload or its own device map):
+  // what torch.compile's mode="reduce-overhead" gives diffusers, without compiling. Off: every call is
+  // launched kernel by kernel, as before. The images are the same either way.
+  bool cuda_graphs = true;
+  // Parallelism for the denoiser (diffusers' parallel_config; docs/context_parallel.md): CFG
+  // parallelism (cfg_degree 2: FLUX.1 refuses it) and context parallelism (ring/Ulysses: SD refuses
+  // it), as DiffusionPipeline::enable_parallelism. Every rank of `parallel_world` loads the same folder
+  // with the same options and makes the same calls; rank 0 gets the images, every rank the latents. A
+  // ContextParallelConfig may be assigned (cfg_degree 1).
+  std::optional<ParallelConfig> parallel_config;
   std::shared_ptr<Communicator> parallel_world;  // e.g. Distributed::shared_communicator()
 };
 
@@ -102,6 +110,21 @@ class DiffusionPipeline {
   virtual at::Tensor decode_latents(const at::Tensor& latents, int64_t height, int64_t width) = 0;
   // What the family's images and latents look like, for programs and the C API.
   virtual PipelineInfo info() const = 0;
+
+  // ---- parallelism (docs/context_parallel.md) --------------------------------------------------------
+  // Collective over `world` (every rank loads the same pipeline, calls this with the same config, and
+  // then makes the same calls): builds the cfg x ring x Ulysses mesh (parallel/parallel_mesh.hpp).
+  // With cfg_degree 2 the unconditional and the conditional pass of each guided step run on the two
+  // halves and are exchanged once per step; with ring or Ulysses above 1 the family's transformer
+  // splits its tokens over its half. Every rank ends each step with the same latents; rank 0 decodes.
+  // What the family cannot split, and degrees that do not fit the world, are refused with
+  // diffuse::Error before anything collective runs. Replaces any parallelism enabled before.
+  void enable_parallelism(const ParallelConfig& config, std::shared_ptr<Communicator> world);
+  void disable_parallelism();
+  // This process's rank in the parallel world (0 without one): rank 0 is the one that gets images.
+  int parallel_rank() const;
+  // The mesh, or null without parallelism.
+  const ParallelMesh* parallel_mesh() const { return parallel_mesh_.get(); }
 
   // ---- components ------------------------------------------------------------------------------------
   bool has(const std::string& component) const;
@@ -180,8 +203,36 @@ class DiffusionPipeline {
   };
   OnDevice on_device_while_running(const std::string& component) const;
 
+  // Whether calls of `component` may be replayed from a CUDA graph during one generate call: the
+  // option is on, and the model runs wholly on one CUDA device with no hooks moving its blocks (model
+  // offload is fine: the model stays on the GPU for the whole loop).
+  bool can_capture_cuda_graph(const std::string& component) const;
+
   // The loaded model components in offload order (then any others), for placement.
   std::vector<std::pair<std::string, torch::nn::Module*>> models() const;
+
+  // ---- the family's part of parallelism ----
+  // Throws diffuse::Error for a config the family cannot run (called before anything collective). The
+  // default refuses every config: a family says what it splits by overriding this and the next two.
+  virtual void check_parallel_config(const ParallelConfig& config) const;
+  // Splits the denoiser's tokens over `group` (this rank's cfg half, config.ring x config.ulysses
+  // ranks); collective over `group`. Called only when the config splits context.
+  virtual void enable_context_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> group);
+  // Undoes enable_context_parallelism (also called when it was not).
+  virtual void disable_context_parallelism() {}
+  // from_pretrained's end: enable_parallelism with options.parallel_config, if any.
+  void enable_parallelism_from(const PipelineOptions& options);
+  // The cfg partners for one call (ParallelMesh::cfg_group), or null: no cfg split for this call.
+  // `guided` says whether the request runs an unconditional pass; under cfg_degree 2 a request without
+  // one falls back to every rank computing the conditional pass (the same latents, no speedup), with
+  // a log line saying so (`why_not` names what is missing, e.g. "guidance_scale 1 is not above 1").
+  std::shared_ptr<Communicator> cfg_group_for_call(bool guided, const std::string& why_not) const;
+  // Ranks that split the transformer's tokens (1 without context parallelism), for memory estimates.
+  int64_t context_parallel_degree() const;
+
+  // The whole parallel world (null without parallelism): the initial noise's seed comes from its rank 0.
+  std::shared_ptr<Communicator> parallel_world_;
+  std::shared_ptr<const ParallelMesh> parallel_mesh_;
 
   PipelineSpec spec_;
   std::filesystem::path folder_;
@@ -197,6 +248,7 @@ class DiffusionPipeline {
   bool is_declared(const std::string& component) const;
 
   Offload offload_ = Offload::None;
+  bool cuda_graphs_ = true;
   c10::Device offload_device_ = c10::kCPU;
 };
 

@@ -48,15 +48,11 @@ class FluxPipeline : public DiffusionPipeline {
   at::Tensor decode_latents(const at::Tensor& latents, int64_t height, int64_t width) override;
   PipelineInfo info() const override;
 
-  // ---- context parallelism -----------------------------------------------------------------------
-  // Collective over `world` (every rank calls it, with the same config): the transformer's attention
-  // is split over the mesh from then on (FluxTransformer2DModel::enable_parallelism). Generation is
-  // then collective too: every rank makes the same call; a request with neither seed, generator nor
-  // latents uses rank 0's random seed on every rank; only rank 0 decodes (the others return latents).
-  void enable_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> world);
-  void disable_parallelism();
-  // This process's rank in the parallel world (0 without one): rank 0 is the one that gets images.
-  int parallel_rank() const;
+  // Parallelism (DiffusionPipeline::enable_parallelism): context parallelism splits the transformer's
+  // image and text tokens over the mesh (FluxTransformer2DModel::enable_parallelism). cfg_degree 2 is
+  // refused: FLUX.1's guidance is distilled into the model, a call runs no unconditional pass. A
+  // request with neither seed, generator nor latents uses rank 0's random seed on every rank; only
+  // rank 0 decodes (the others return latents).
 
   // The models; each throws diffuse::Error when the component is not loaded.
   FluxTransformer2DModel transformer() const;
@@ -84,7 +80,10 @@ class FluxPipeline : public DiffusionPipeline {
   FluxTransformerConfig transformer_config_;
   int64_t vae_scale_factor_ = 8;
   int64_t num_channels_latents_ = 16;
-  std::shared_ptr<Communicator> parallel_world_;
+
+  void check_parallel_config(const ParallelConfig& config) const override;
+  void enable_context_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> group) override;
+  void disable_context_parallelism() override;
 };
 
 }  // namespace diffuse

@@ -51,14 +51,12 @@ class QwenImagePipeline : public DiffusionPipeline {
   at::Tensor decode_latents(const at::Tensor& latents, int64_t height, int64_t width) override;
   PipelineInfo info() const override;
 
-  // ---- context parallelism -----------------------------------------------------------------------
-  // Every rank of `world` loads the same pipeline and makes the same call; the transformer's image and
-  // text tokens (and the text mask) are split over the mesh from then on
-  // (QwenImageTransformer2DModel::enable_parallelism). Rank 0 alone decodes the image.
-  void enable_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> world);
-  void disable_parallelism();
-  // This process's rank in the parallel world (0 without one): rank 0 is the one that gets images.
-  int parallel_rank() const;
+  // Parallelism (DiffusionPipeline::enable_parallelism): every rank of the world loads the same
+  // pipeline and makes the same call. Context parallelism splits the transformer's image and text
+  // tokens (and the text mask) over each cfg half (QwenImageTransformer2DModel::enable_parallelism).
+  // cfg_degree 2 runs the two true-CFG calls on the two halves, the negative one on cfg index 0, each
+  // with its own text length and mask, and exchanges the predictions once per step; a call without
+  // true CFG falls back (logged) to the positive call on both halves. Rank 0 alone decodes the image.
 
   // The models; each throws diffuse::Error when the component is not loaded.
   QwenImageTransformer2DModel transformer() const;
@@ -79,13 +77,16 @@ class QwenImagePipeline : public DiffusionPipeline {
   void check_memory_for(const GenerateRequest& request, int64_t rows, int64_t height, int64_t width);
   at::Tensor denoise(const GenerateRequest& request, const PromptEmbeddings& embeddings, at::Tensor latents,
                      int64_t height, int64_t width, double true_cfg_scale, const at::Generator& generator,
-                     bool& interrupted);
+                     const std::shared_ptr<Communicator>& cfg_group, bool& interrupted);
 
   AutoencoderKLQwenImageConfig vae_config_;
   QwenImageTransformerConfig transformer_config_;
   int64_t vae_scale_factor_ = 8;
   int64_t num_channels_latents_ = 16;
-  std::shared_ptr<Communicator> parallel_world_;
+
+  void check_parallel_config(const ParallelConfig& config) const override;
+  void enable_context_parallelism(const ContextParallelConfig& config, std::shared_ptr<Communicator> group) override;
+  void disable_context_parallelism() override;
 };
 
 }  // namespace diffuse

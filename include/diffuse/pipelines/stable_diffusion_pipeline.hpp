@@ -41,6 +41,12 @@ class StableDiffusionPipeline : public DiffusionPipeline {
   at::Tensor decode_latents(const at::Tensor& latents, int64_t height, int64_t width) override;
   PipelineInfo info() const override;
 
+  // Parallelism (DiffusionPipeline::enable_parallelism): cfg_degree 2 alone. The rank of cfg index 0
+  // runs the UNet on the unconditional batch [B, ...], its partner on the conditional one, instead of
+  // one [2B, ...] batch; one exchange per step gives both the two predictions, combined identically.
+  // ring/Ulysses degrees above 1 are refused (a UNet has no tokens to split). A call without guidance
+  // (guidance_scale <= 1) falls back, logged, to the conditional pass on both ranks. Rank 0 decodes.
+
   // The models; each throws diffuse::Error when the component is not loaded.
   UNet2DConditionModel unet() const;
   AutoencoderKL vae() const;
@@ -59,6 +65,8 @@ class StableDiffusionPipeline : public DiffusionPipeline {
   AutoencoderKLConfig vae_config_;
   UNet2DConditionConfig unet_config_;
   int64_t vae_scale_factor_ = 8;
+
+  void check_parallel_config(const ParallelConfig& config) const override;
 };
 
 }  // namespace diffuse
