@@ -1,7 +1,8 @@
 // diffuse-server over several pipelines, on the CPU with Gloo: --devices cpu,cpu loads one pipeline
 // per device and runs two jobs at once (data parallel behind one endpoint); under a launcher with
-// --ulysses-degree 2, rank 0 serves and both ranks run each job together (context parallel behind one
-// endpoint), giving the single process's image, and a cancel stops both ranks at the same step.
+// --ulysses-degree 2 (or --cfg-degree 2 on SD), rank 0 serves and both ranks run each job together
+// (context or CFG parallel behind one endpoint), giving the single process's image, and a cancel stops
+// both ranks at the same step.
 
 #include "diffuse/distributed/distributed.hpp"
 #include "diffuse/io/image.hpp"
@@ -29,6 +30,14 @@ Image decode(const std::string& png, const std::string& name) {
   const fs::path path = test::temporary_folder("server_parallel") / (name + ".png");
   std::ofstream(path, std::ios::binary) << png;
   return Image::load_png(path);
+}
+
+// The largest difference of two images' pixels, in levels of 255 (-1 when their sizes differ).
+int max_pixel_difference(const Image& a, const Image& b) {
+  if (a.pixels.size() != b.pixels.size()) return -1;
+  int out = 0;
+  for (size_t i = 0; i < a.pixels.size(); ++i) out = std::max(out, std::abs(int(a.pixels[i]) - int(b.pixels[i])));
+  return out;
 }
 
 // Waits until `count` of the jobs are running at the same moment.
@@ -75,7 +84,7 @@ TEST(ServerParallel, ContextParallelRanksServeTheSingleProcessImage) {
   test::ServerProcess server({"--model", tiny_flux().string(), "--ulysses-degree", "2", "--max-steps", "10000"},
                              {{"DIFFUSE_DIST_TIMEOUT", "60"}}, 120, /*world=*/2);
   ASSERT_TRUE(server.ready());
-  EXPECT_NE(get(server, "/v1/models")["data"][0]["devices"][0].get<std::string>().find("context parallel over 2 ranks"),
+  EXPECT_NE(get(server, "/v1/models")["data"][0]["devices"][0].get<std::string>().find("ulysses 2 over 2 ranks"),
             std::string::npos);
   // A cancelled job stops on both ranks at the same step: the next job still runs on both.
   const auto long_job = post(server, "/v1/jobs", {{"prompt", "a"}, {"size", "32x32"}, {"steps", 10000}});
@@ -90,15 +99,40 @@ TEST(ServerParallel, ContextParallelRanksServeTheSingleProcessImage) {
   std::vector<std::string> args = {"--model", tiny_flux().string()};
   args.insert(args.end(), kGenerateArgs.begin(), kGenerateArgs.end());
   const Image alone = decode(test::generate_pngs(args)[0], "alone");
-  ASSERT_EQ(served.pixels.size(), alone.pixels.size());
-  int max_difference = 0;
-  for (size_t i = 0; i < served.pixels.size(); ++i)
-    max_difference = std::max(max_difference, std::abs(int(served.pixels[i]) - int(alone.pixels[i])));
+  const int max_difference = max_pixel_difference(served, alone);
+  ASSERT_GE(max_difference, 0) << "the images differ in size";
   std::cout << "[ measured ] context parallel (ulysses 2) vs one process: max pixel difference " << max_difference
             << " (bitwise equal: " << (served.pixels == alone.pixels ? "yes" : "no") << ")\n";
   EXPECT_LE(max_difference, 1);
 
   // SIGTERM to rank 0: it tells rank 1 to stop, and both exit 0.
+  const auto outcomes = server.stop_all(SIGTERM, 60);
+  for (const auto& o : outcomes) EXPECT_EQ(o.exit_code, 0) << test::describe(outcomes);
+}
+
+TEST(ServerParallel, CfgParallelRanksServeTheSingleProcessImage) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  if (!gloo_available()) GTEST_SKIP() << "this build has no Gloo; skipping";
+  const fs::path sd = *test::fixtures_dir() / "tiny-sd" / "pipeline";
+  test::ServerProcess server({"--model", sd.string(), "--cfg-degree", "2"}, {{"DIFFUSE_DIST_TIMEOUT", "60"}}, 120,
+                             /*world=*/2);
+  ASSERT_TRUE(server.ready());
+  EXPECT_NE(get(server, "/v1/models")["data"][0]["devices"][0].get<std::string>().find("cfg 2 over 2 ranks"),
+            std::string::npos);
+  const auto res = post(server, "/sdapi/v1/txt2img",
+                        {{"prompt", "a photo of a dog with cat-like look"}, {"negative_prompt", "blurry, low quality"},
+                         {"width", 96}, {"height", 64}, {"steps", 4}, {"cfg_scale", 7.5}, {"seed", 0}});
+  ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "") << server.output();
+  const Image served = decode(test::base64_decode(test::json_of(res)["images"][0].get<std::string>()), "cfg_served");
+  const Image alone = decode(test::generate_pngs({"--model", sd.string(), "--prompt", "a photo of a dog with cat-like look",
+                                                  "--negative-prompt", "blurry, low quality", "--width", "96", "--height",
+                                                  "64", "--steps", "4", "--guidance", "7.5", "--seed", "0"})[0],
+                             "cfg_alone");
+  const int max_difference = max_pixel_difference(served, alone);
+  std::cout << "[ measured ] CFG parallel (cfg 2) vs one process: max pixel difference " << max_difference
+            << " (bitwise equal: " << (served.pixels == alone.pixels ? "yes" : "no") << ")\n";
+  EXPECT_GE(max_difference, 0) << "the images differ in size";
+  EXPECT_LE(max_difference, 1);
   const auto outcomes = server.stop_all(SIGTERM, 60);
   for (const auto& o : outcomes) EXPECT_EQ(o.exit_code, 0) << test::describe(outcomes);
 }

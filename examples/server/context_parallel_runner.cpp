@@ -34,8 +34,9 @@ bool agree(Communicator& world, bool go_on) {
 
 }  // namespace
 
-ContextParallelLeader::ContextParallelLeader(std::unique_ptr<PipelineRunner> local, std::shared_ptr<Communicator> world)
-    : local_(std::move(local)), world_(std::move(world)) {}
+ContextParallelLeader::ContextParallelLeader(std::unique_ptr<PipelineRunner> local, std::shared_ptr<Communicator> world,
+                                             std::string mode)
+    : local_(std::move(local)), world_(std::move(world)), mode_(std::move(mode)) {}
 
 JobOutput ContextParallelLeader::run(const GenerationParams& params, const StepProgress& progress) {
   exchange(*world_, {{"type", "job"}, {"params", params.to_json()}});
@@ -51,7 +52,7 @@ void ContextParallelLeader::stop() {
 }
 
 std::string ContextParallelLeader::describe() const {
-  return local_->describe() + " (context parallel over " + std::to_string(world_->size()) + " ranks)";
+  return local_->describe() + " (" + mode_ + " over " + std::to_string(world_->size()) + " ranks)";
 }
 
 void follow_jobs(PipelineRunner& local, Communicator& world) {

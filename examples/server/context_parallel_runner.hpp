@@ -1,6 +1,6 @@
 #pragma once
-// Context parallelism behind one endpoint: every rank of the launcher's world loads the pipeline with
-// the same parallel_config; rank 0 serves HTTP and, for each job, broadcasts its parameters to the
+// Parallelism over ranks behind one endpoint (context parallelism, CFG parallelism, or both): every
+// rank of the launcher's world loads the pipeline with the same parallel_config; rank 0 serves HTTP and, for each job, broadcasts its parameters to the
 // other ranks, and all of them make the call together (rank 0 gets the images). At every step rank 0
 // broadcasts whether to go on, so a cancelled job stops on every rank at the same step. While no job
 // comes, rank 0 broadcasts a ping every few seconds, so the other ranks' waits stay within the
@@ -18,7 +18,8 @@ namespace diffuse::server {
 
 class ContextParallelLeader : public JobRunner {
  public:
-  ContextParallelLeader(std::unique_ptr<PipelineRunner> local, std::shared_ptr<Communicator> world);
+  // `mode`: the parallelism's description, for /v1/models ("ulysses 2", "cfg 2").
+  ContextParallelLeader(std::unique_ptr<PipelineRunner> local, std::shared_ptr<Communicator> world, std::string mode);
 
   JobOutput run(const GenerationParams& params, const StepProgress& progress) override;
   void idle() override;
@@ -28,6 +29,7 @@ class ContextParallelLeader : public JobRunner {
  private:
   std::unique_ptr<PipelineRunner> local_;
   std::shared_ptr<Communicator> world_;
+  std::string mode_;
   bool stopped_ = false;
 };
 

@@ -64,9 +64,9 @@ std::unique_ptr<PipelineRunner> load_runner(const ServerOptions& o, const std::s
   diffuse::PipelineOptions options;
   options.dtype = diffuse::parse_dtype(o.model.dtype);
   options.device = device;
-  if (dist != nullptr && o.ring_degree * o.ulysses_degree > 1) {
-    options.parallel_config =
-        diffuse::ContextParallelConfig{.ring_degree = o.ring_degree, .ulysses_degree = o.ulysses_degree};
+  if (dist != nullptr && o.cfg_degree * o.ring_degree * o.ulysses_degree > 1) {
+    options.parallel_config = diffuse::ParallelConfig{
+        .cfg_degree = o.cfg_degree, .ring_degree = o.ring_degree, .ulysses_degree = o.ulysses_degree};
     options.parallel_world = const_cast<diffuse::Distributed*>(dist)->shared_communicator();
   }
   return std::make_unique<PipelineRunner>(diffuse::load_pipeline(o.model.model, options), device);
@@ -155,8 +155,9 @@ int main(int argc, char** argv) {
   try {
     install_signal_handlers();
     if (o.quiet) diffuse::set_log_level("warn");
-    const bool context_parallel = o.ring_degree * o.ulysses_degree > 1;
-    if (context_parallel) {
+    // Parallelism over the launcher's ranks (cfg x ring x Ulysses): rank 0 serves, every rank computes.
+    const bool over_ranks = o.cfg_degree * o.ring_degree * o.ulysses_degree > 1;
+    if (over_ranks) {
       diffuse::DistributedOptions dist_options;
       if (o.device_given) dist_options.device = o.model.device;
       diffuse::Distributed dist = diffuse::Distributed::init(dist_options);
@@ -168,7 +169,10 @@ int main(int argc, char** argv) {
       const diffuse::PipelineInfo info = runner->pipeline().info();
       const diffuse::Scheduler& scheduler = runner->folder_scheduler();
       std::vector<std::unique_ptr<JobRunner>> runners;
-      runners.push_back(std::make_unique<ContextParallelLeader>(std::move(runner), dist.shared_communicator()));
+      const diffuse::ParallelConfig config{
+          .cfg_degree = o.cfg_degree, .ring_degree = o.ring_degree, .ulysses_degree = o.ulysses_degree};
+      runners.push_back(
+          std::make_unique<ContextParallelLeader>(std::move(runner), dist.shared_communicator(), config.describe()));
       return serve(o, std::move(runners), info, scheduler);
     }
     const std::vector<std::string> devices = o.devices.empty() ? std::vector<std::string>{o.model.device} : o.devices;

@@ -13,7 +13,7 @@ ServerOptions parse_server_options(int argc, char** argv) {
       "POST /v1/images/generations, AUTOMATIC1111's POST /sdapi/v1/txt2img, async jobs under /v1/jobs\n"
       "(progress as server-sent events, cancel with DELETE), GET /health, GET /v1/models, and a web page\n"
       "at /. Several GPUs: --devices (one pipeline each, data parallel), or under diffuse-launch/torchrun\n"
-      "with --ring-degree/--ulysses-degree (every rank runs each job together; rank 0 serves HTTP).\n"
+      "with --cfg-degree/--ring-degree/--ulysses-degree (every rank runs each job together; rank 0 serves).\n"
       "docs/server.md has the details and curl examples.",
       "diffuse-server");
   cli::init(app, "diffuse-server --model DIR [--host 127.0.0.1] [--port 8080] [--api-key KEY] [options]");
@@ -52,6 +52,10 @@ ServerOptions parse_server_options(int argc, char** argv) {
                  "after SIGTERM, seconds running jobs get to finish before they are cancelled", {.min = 0, .max = 1e6})
       ->type_name("SECONDS");
   app.option_defaults()->group("Parallelism");
+  cli::add_int(app, "--cfg-degree", o.cfg_degree,
+               "CFG parallelism: 2 puts classifier-free guidance's two passes on two halves of the\n"
+               "ranks (SD, Qwen-Image with a negative prompt; under a launcher)",
+               {.min = 1, .max = 2});
   cli::add_int(app, "--ring-degree", o.ring_degree, "context parallelism: ranks in the ring (under a launcher)",
                {.min = 1, .max = 65536});
   cli::add_int(app, "--ulysses-degree", o.ulysses_degree,
@@ -68,8 +72,8 @@ ServerOptions parse_server_options(int argc, char** argv) {
   std::stringstream items(devices);
   for (std::string item; std::getline(items, item, ',');) o.devices.push_back(item);
   if (!o.devices.empty() && o.device_given) cli::usage_error(app, "--devices replaces --device; give one of them");
-  if (!o.devices.empty() && o.ring_degree * o.ulysses_degree > 1)
-    cli::usage_error(app, "--devices and context parallelism (--ring-degree/--ulysses-degree) do not mix");
+  if (!o.devices.empty() && o.cfg_degree * o.ring_degree * o.ulysses_degree > 1)
+    cli::usage_error(app, "--devices and parallelism over ranks (--cfg-degree/--ring-degree/--ulysses-degree) do not mix");
   if (o.api_key.empty())
     if (const char* key = std::getenv("DIFFUSE_SERVER_API_KEY")) o.api_key = key;
   return o;

@@ -25,6 +25,7 @@ struct ServerOptions {
   double job_retention = 600;        // seconds finished async jobs stay readable
   double stop_grace = 30;            // seconds running jobs get to finish after SIGTERM
   int64_t http_threads = 0;          // 0: queue + workers + 32
+  int64_t cfg_degree = 1;
   int64_t ring_degree = 1;
   int64_t ulysses_degree = 1;
   bool quiet = false;
