@@ -8,15 +8,11 @@
 using namespace diffuse;
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test::post;
 
 namespace {
 
 fs::path fixture(const std::string& name) { return *test::fixtures_dir() / name / "pipeline"; }
-
-httplib::Result post(test::ServerProcess& server, const std::string& path, const json& body,
-                     const httplib::Headers& headers = {}) {
-  return server.client()->Post(path.c_str(), headers, body.dump(), "application/json");
-}
 
 // The error body's field, checked to be a 4xx/5xx JSON error with a message.
 std::string error_field(const httplib::Result& res, int status) {

@@ -14,16 +14,12 @@
 using namespace diffuse;
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test::get;
+using test::post;
 
 namespace {
 
 fs::path tiny_flux() { return *test::fixtures_dir() / "tiny-flux" / "pipeline"; }
-
-httplib::Result post(const test::ServerProcess& server, const std::string& path, const json& body) {
-  return server.client()->Post(path.c_str(), body.dump(), "application/json");
-}
-
-json get(const test::ServerProcess& server, const std::string& path) { return test::json_of(server.client()->Get(path.c_str())); }
 
 // Polls the job until `done(job)` or 60 s pass; returns the last state seen.
 template <typename Done>

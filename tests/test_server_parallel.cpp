@@ -11,15 +11,12 @@
 using namespace diffuse;
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test::get;
+using test::post;
 
 namespace {
 
 fs::path tiny_flux() { return *test::fixtures_dir() / "tiny-flux" / "pipeline"; }
-
-httplib::Result post(const test::ServerProcess& server, const std::string& path, const json& body) {
-  return server.client()->Post(path.c_str(), body.dump(), "application/json");
-}
-json get(const test::ServerProcess& server, const std::string& path) { return test::json_of(server.client()->Get(path.c_str())); }
 
 const json kRequest = {{"prompt", "a photo of a dog with cat-like look"}, {"size", "96x64"}, {"steps", 4},
                        {"guidance", 3.5}, {"seed", 0}};
@@ -27,7 +24,8 @@ const std::vector<std::string> kGenerateArgs = {"--prompt", "a photo of a dog wi
                                                 "--height", "64", "--steps", "4", "--guidance", "3.5", "--seed", "0"};
 
 Image decode(const std::string& png, const std::string& name) {
-  const fs::path path = test::temporary_folder("server_parallel") / (name + ".png");
+  // A folder per process and image: ctest runs these tests in parallel processes.
+  const fs::path path = test::temporary_folder("server_parallel_" + std::to_string(getpid()) + "_" + name) / "image.png";
   std::ofstream(path, std::ios::binary) << png;
   return Image::load_png(path);
 }

@@ -11,6 +11,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -87,6 +88,12 @@ class ServerProcess {
   int port_ = 0;
 };
 
+// A JSON body POSTed to the server (with extra headers, e.g. Authorization).
+inline httplib::Result post(const ServerProcess& server, const std::string& path, const nlohmann::json& body,
+                            const httplib::Headers& headers = {}) {
+  return server.client()->Post(path.c_str(), headers, body.dump(), "application/json");
+}
+
 // A JSON body's parse, with the body in the failure message when it is not JSON.
 inline nlohmann::json json_of(const httplib::Result& res) {
   if (!res) {
@@ -99,6 +106,11 @@ inline nlohmann::json json_of(const httplib::Result& res) {
     ADD_FAILURE() << "not JSON (" << e.what() << "): " << res->body.substr(0, 500);
     return nullptr;
   }
+}
+
+// GET `path`, parsed as JSON.
+inline nlohmann::json get(const ServerProcess& server, const std::string& path) {
+  return json_of(server.client()->Get(path.c_str()));
 }
 
 inline std::string base64_decode(const std::string& text) {
@@ -129,8 +141,11 @@ inline std::string read_bytes(const std::filesystem::path& path) {
 // Runs the generate program with `args` (plus --quiet --output DIR/out.png) and returns the PNGs'
 // bytes, one per image ("" entries and a test failure when it fails).
 inline std::vector<std::string> generate_pngs(const std::vector<std::string>& args, int images = 1) {
+  // One folder per process and call: ctest runs the tests of one program in parallel processes, each
+  // counting from 0 (a shared folder once let one test read another's image).
   static int counter = 0;
-  const std::filesystem::path dir = temporary_folder("server_generate_" + std::to_string(counter++));
+  const std::filesystem::path dir =
+      temporary_folder("server_generate_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
   std::vector<std::string> argv = {(std::filesystem::path(DIFFUSE_EXAMPLES_BINARY_DIR) / "generate").string()};
   argv.insert(argv.end(), args.begin(), args.end());
   argv.insert(argv.end(), {"--quiet", "--output", (dir / "out.png").string()});
