@@ -12,7 +12,6 @@
 #include "diffuse/errors.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
-#include "diffuse/models/graph_call.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/guidance.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
@@ -307,29 +306,22 @@ at::Tensor QwenImagePipeline::denoise(const GenerateRequest& request, const Prom
   ProgressBar progress(num_steps, show_progress);
   at::NoGradGuard no_grad;
   const auto running = on_device_while_running("transformer");
-  // Each pass replays its own CUDA graph (the two text lengths differ): the latents and the timestep
-  // change per step, the rest is read where it is. Not with a text mask (turning it into key padding
-  // reads it on the CPU) nor under context parallelism (collectives inside the call).
-  auto pass = [&](const QwenImageTransformerInputs& inputs) {
-    return CudaGraphCall(
-        [&model, &device, &inputs = inputs](const std::vector<at::Tensor>& in) {
-          QwenImageTransformerInputs step = inputs;
-          step.hidden_states = in[0];
-          step.timestep = in[1];
-          // Under a device map the last block may run on another GPU than the latents live on.
-          return model->forward(step).to(device);
-        },
-        can_capture_cuda_graph("transformer") && context_parallel_degree() == 1 &&
-            !inputs.encoder_hidden_states_mask.defined());
-  };
-  CudaGraphCall positive = pass(cond), negative_pass = pass(uncond);
   for (int64_t i = 0; i < num_steps; ++i) {
     const at::Tensor t = timesteps[i];
     // diffusers: t.expand(batch).to(latents.dtype), divided by 1000 in that dtype.
     const at::Tensor timestep = t.expand({batch}).to(device, latents.scalar_type()) / 1000;
     at::Tensor noise_pred, negative;
-    if (run_positive) noise_pred = positive({latents, timestep});
-    if (run_negative) negative = negative_pass({latents, timestep});
+    // Under a device map the last block may run on another GPU than the latents live on.
+    if (run_positive) {
+      cond.hidden_states = latents;
+      cond.timestep = timestep;
+      noise_pred = model->forward(cond).to(device);
+    }
+    if (run_negative) {
+      uncond.hidden_states = latents;
+      uncond.timestep = timestep;
+      negative = model->forward(uncond).to(device);
+    }
     if (split) std::tie(negative, noise_pred) = exchange_guidance_halves(*cfg_group, run_positive ? noise_pred : negative);
     if (true_cfg) noise_pred = true_classifier_free_guidance(negative, noise_pred, true_cfg_scale);
     latents = steps.step(noise_pred, t.item<double>(), latents, generator);
