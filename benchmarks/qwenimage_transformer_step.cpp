@@ -12,7 +12,6 @@
 #include <ATen/ATen.h>
 
 #if DIFFUSE_HAS_CUDA
-#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #endif
@@ -21,12 +20,14 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "call_timer.hpp"
 #include "cli/cli.hpp"
 #include "diffuse/dtype.hpp"
 #include "diffuse/error.hpp"
@@ -71,30 +72,6 @@ void init_in_place(torch::nn::Module& module) {
   }
 }
 
-void synchronize(c10::Device device) {
-#if DIFFUSE_HAS_CUDA
-  if (device.is_cuda()) c10::cuda::device_synchronize();
-#endif
-}
-
-double timed_call(diffuse::QwenImageTransformer2DModel& model, const diffuse::QwenImageTransformerInputs& in,
-                  c10::Device device) {
-  synchronize(device);
-#if DIFFUSE_HAS_CUDA
-  if (device.is_cuda()) {
-    at::cuda::CUDAEvent start(cudaEventDefault), end(cudaEventDefault);
-    start.record();
-    const at::Tensor out = model->forward(in);
-    end.record();
-    end.synchronize();
-    return static_cast<double>(start.elapsed_time(end));
-  }
-#endif
-  const auto start = std::chrono::steady_clock::now();
-  const at::Tensor out = model->forward(in);
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -134,12 +111,13 @@ int main(int argc, char** argv) {
       in.timestep = at::full({1}, 0.5, at::TensorOptions().dtype(dtype).device(device));
       in.img_shapes = {{diffuse::QwenImageShape{1, side, side}}};
       at::NoGradGuard no_grad;
-      for (int64_t i = 0; i < a.warmup; ++i) timed_call(model, in, device);
+      const std::function<void()> call = [&] { model->forward(in); };
+      for (int64_t i = 0; i < a.warmup; ++i) diffuse::bench::time_call_ms(call, device);
 #if DIFFUSE_HAS_CUDA
       if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
 #endif
       std::vector<double> ms;
-      for (int64_t i = 0; i < a.steps; ++i) ms.push_back(timed_call(model, in, device));
+      for (int64_t i = 0; i < a.steps; ++i) ms.push_back(diffuse::bench::time_call_ms(call, device));
       std::sort(ms.begin(), ms.end());
       double peak_gb = 0;
 #if DIFFUSE_HAS_CUDA

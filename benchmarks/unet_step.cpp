@@ -10,11 +10,6 @@
 
 #include <ATen/ATen.h>
 
-#if DIFFUSE_HAS_CUDA
-#include <ATen/cuda/CUDAEvent.h>
-#include <c10/cuda/CUDAFunctions.h>
-#endif
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -28,6 +23,7 @@
 #include "diffuse/error.hpp"
 #include "diffuse/models/graph_call.hpp"
 #include "diffuse/models/unet_2d_condition.hpp"
+#include "call_timer.hpp"
 #include "kineto_trace.hpp"
 
 namespace {
@@ -40,23 +36,6 @@ struct Arguments {
   std::string device = "cuda";
   std::string trace;
 };
-
-double timed_call(const std::function<at::Tensor()>& call, c10::Device device) {
-#if DIFFUSE_HAS_CUDA
-  if (device.is_cuda()) {
-    c10::cuda::device_synchronize();
-    at::cuda::CUDAEvent start(cudaEventDefault), end(cudaEventDefault);
-    start.record();
-    call();
-    end.record();
-    end.synchronize();
-    return static_cast<double>(start.elapsed_time(end));
-  }
-#endif
-  const auto start = std::chrono::steady_clock::now();
-  call();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-}
 
 }  // namespace
 
@@ -90,10 +69,10 @@ int main(int argc, char** argv) {
     auto forward = [&](const std::vector<at::Tensor>& in) { return unet->forward(in[0], in[1], in[2]); };
     for (const bool graphs : {false, true}) {
       diffuse::CudaGraphCall call(forward, graphs);
-      const std::function<at::Tensor()> step = [&] { return call({sample, timestep, text}); };
-      for (int64_t i = 0; i < a.warmup; ++i) timed_call(step, device);
+      const std::function<void()> step = [&] { call({sample, timestep, text}); };
+      for (int64_t i = 0; i < a.warmup; ++i) diffuse::bench::time_call_ms(step, device);
       std::vector<double> ms;
-      for (int64_t i = 0; i < a.steps; ++i) ms.push_back(timed_call(step, device));
+      for (int64_t i = 0; i < a.steps; ++i) ms.push_back(diffuse::bench::time_call_ms(step, device));
       std::sort(ms.begin(), ms.end());
       std::printf("unet %lldx%lld, batch %lld, %s, %s: min %.2f ms, median %.2f ms\n",
                   static_cast<long long>(a.height), static_cast<long long>(a.width), static_cast<long long>(batch),
@@ -101,7 +80,7 @@ int main(int argc, char** argv) {
     }
     if (!a.trace.empty())
       diffuse::bench::write_trace(a.trace, [&] {
-        for (int i = 0; i < 2; ++i) timed_call([&] { return forward({sample, timestep, text}); }, device);
+        for (int i = 0; i < 2; ++i) diffuse::bench::time_call_ms([&] { forward({sample, timestep, text}); }, device);
       });
   } catch (const diffuse::Error& e) {
     std::cerr << "unet_step: " << e.what() << "\n";
