@@ -226,7 +226,8 @@ DiffusionPipeline::OnDevice DiffusionPipeline::on_device_while_running(const std
 }
 
 bool DiffusionPipeline::can_capture_cuda_graph(const std::string& component) const {
-  if (!cuda_graphs_ || offload_ == Offload::Sequential || !has(component)) return false;
+  if (!cuda_graphs_ || offload_ == Offload::Sequential || context_parallel_degree() > 1 || !has(component))
+    return false;
   const Component& c = require(component, "a CUDA graph");
   if (!c.is_model() || hooks_of(*c.module())) return false;
   return execution_device(component).is_cuda();

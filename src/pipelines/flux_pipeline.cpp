@@ -234,8 +234,7 @@ at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmb
   ProgressBar progress(num_steps, show_progress);
   at::NoGradGuard no_grad;
   const auto running = on_device_while_running("transformer");
-  // The latents and the timestep change each step; the other inputs are read where they are. Under
-  // context parallelism the call holds collectives, which stay out of graphs.
+  // The latents and the timestep change each step; the other inputs are read where they are.
   CudaGraphCall denoise(
       [&](const std::vector<at::Tensor>& in) {
         FluxTransformerInputs step = inputs;
@@ -244,7 +243,7 @@ at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmb
         // Under a device map the last block may run on another GPU than the latents live on.
         return model->forward(step).to(device);
       },
-      can_capture_cuda_graph("transformer") && !parallel_world_);
+      can_capture_cuda_graph("transformer"));
   for (int64_t i = 0; i < num_steps; ++i) {
     const at::Tensor t = timesteps[i];
     // diffusers: t.expand(batch).to(latents.dtype), divided by 1000 in that dtype.

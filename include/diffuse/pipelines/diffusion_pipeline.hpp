@@ -204,8 +204,9 @@ class DiffusionPipeline {
   OnDevice on_device_while_running(const std::string& component) const;
 
   // Whether calls of `component` may be replayed from a CUDA graph during one generate call: the
-  // option is on, and the model runs wholly on one CUDA device with no hooks moving its blocks (model
-  // offload is fine: the model stays on the GPU for the whole loop).
+  // option is on, the model runs wholly on one CUDA device with no hooks moving its blocks (model
+  // offload is fine: the model stays on the GPU for the whole loop), and its calls hold no
+  // collectives (no context parallelism; CFG parallelism exchanges outside the call).
   bool can_capture_cuda_graph(const std::string& component) const;
 
   // The loaded model components in offload order (then any others), for placement.
