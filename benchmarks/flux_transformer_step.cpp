@@ -20,7 +20,6 @@
 
 #if DIFFUSE_HAS_CUDA
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #endif
@@ -33,7 +32,6 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <set>
 #include <iomanip>
 #include <iostream>
 #include <memory>
@@ -49,10 +47,11 @@
 #include "diffuse/models/flux_transformer.hpp"
 #include "diffuse/models/graph_call.hpp"
 #include "diffuse/models/layers.hpp"
-#include "kineto_trace.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/random_pipeline.hpp"
+#include "call_timer.hpp"
+#include "kineto_trace.hpp"
 
 namespace {
 
@@ -309,19 +308,7 @@ double timed_step(const std::function<at::Tensor()>& call, diffuse::Communicator
                   at::Tensor* output) {
   synchronize(device);
   meet(world, device);
-#if DIFFUSE_HAS_CUDA
-  if (device.is_cuda()) {
-    at::cuda::CUDAEvent start(cudaEventDefault), end(cudaEventDefault);
-    start.record();
-    *output = call();
-    end.record();
-    end.synchronize();
-    return static_cast<double>(start.elapsed_time(end));
-  }
-#endif
-  const auto start = std::chrono::steady_clock::now();
-  *output = call();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return diffuse::bench::time_call_ms([&] { *output = call(); }, device);
 }
 
 struct PeakMemory {
@@ -490,7 +477,6 @@ int count_only(const Arguments& args) {
   return 0;
 }
 
-// Runs `calls` under PyTorch's Kineto profiler and saves the Chrome trace to `path`.
 int run(const Arguments& args) {
   diffuse::DistributedOptions dist_options;
   if (!args.device.empty()) dist_options.device = args.device;
