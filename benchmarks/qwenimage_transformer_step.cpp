@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "call_timer.hpp"
+#include "kineto_trace.hpp"
 #include "cli/cli.hpp"
 #include "diffuse/dtype.hpp"
 #include "diffuse/error.hpp"
@@ -47,6 +48,7 @@ struct Arguments {
   std::string device = "cuda";
   std::string attention_backend = "auto";
   std::string json;
+  std::string trace;  // a folder: trace_SIZE.json per size
 };
 
 diffuse::QwenImageTransformerConfig config_of(const Arguments& a) {
@@ -90,6 +92,8 @@ int main(int argc, char** argv) {
   diffuse::cli::add_text(app, "--device", a.device, "DEVICE", "cpu, cuda or cuda:N");
   diffuse::cli::add_text(app, "--attention-backend", a.attention_backend, "NAME", "auto, math, native, flash, cudnn");
   diffuse::cli::add_text(app, "--json", a.json, "FILE", "write the results there");
+  diffuse::cli::add_text(app, "--trace", a.trace, "DIR",
+                         "also profile 2 calls per size into DIR/trace_SIZE.json (CUDA; scripts/trace_summary.py)");
   diffuse::cli::parse(app, argc, argv);
   try {
     const c10::Device device(a.device);
@@ -139,6 +143,10 @@ int main(int argc, char** argv) {
                          {"median_ms", ms[ms.size() / 2]},
                          {"peak_allocated_gib", peak_gb}});
       if (!a.json.empty()) std::ofstream(a.json) << results.dump(2) << "\n";
+      if (!a.trace.empty())
+        diffuse::bench::write_trace(a.trace + "/trace_" + std::to_string(size) + ".json", [&] {
+          for (int i = 0; i < 2; ++i) diffuse::bench::time_call_ms(call, device);
+        });
     }
   } catch (const diffuse::Error& e) {
     std::cerr << "qwenimage_transformer_step: " << e.what() << "\n";
