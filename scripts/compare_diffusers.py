@@ -6,7 +6,8 @@
         [--save-tensors OUT.safetensors] --json OUT.json
 
 The folder is in diffusers' format (model_index.json and one folder per component), a
-StableDiffusionPipeline or a FluxPipeline (read from model_index.json's _class_name). Everything loads
+StableDiffusionPipeline, a FluxPipeline or a QwenImagePipeline (read from model_index.json's
+_class_name). Everything loads
 from that folder (local_files_only; the Hub is never contacted). For each mode the pipeline runs
 --warmup times untimed, then --repeats times timed, with output_type "pt"; the report gives:
 
@@ -23,17 +24,26 @@ from that folder (local_files_only; the Hub is never contacted). For each mode t
   peak memory         torch.cuda.max_memory_allocated / _reserved over the timed runs.
 
 Modes: "eager" as loaded; "compiled" = the denoiser under torch.compile (SD: torch.compile(pipe.unet,
-mode=--compile-mode) with CUDA graphs by default; FLUX: regional compilation,
-pipe.transformer.compile_repeated_blocks(fullgraph=True), when diffusers has it). Compiled modes get
-at least 2 warm-up runs so that compilation and autotuning stay out of the timings. A mode that fails
-(a compile error, out of memory) records its error and the report goes on. Eager always runs before
-compiled: compilation changes the loaded model in place.
+mode=--compile-mode) with CUDA graphs by default; FLUX and Qwen-Image: regional compilation,
+pipe.transformer.compile_repeated_blocks(fullgraph=True), when diffusers has it), with
+--compiled-attention-backend set on the denoiser first if given (e.g. _native_cudnn: eager keeps the
+attention as loaded, compiled gets diffusers' recommended fast setup). Compiled modes get at least 2
+warm-up runs so that compilation and autotuning stay out of the timings. A mode that fails (a compile
+error, out of memory) records its error and the report goes on. Eager always runs before compiled:
+compilation changes the loaded model in place. "--modes none" with --reference-float32 runs the float32
+reference alone (a separate process, so that a long benchmark can be run in parts).
+
+Qwen-Image: true CFG (a second transformer call per step with the negative prompt) runs when
+--true-cfg-scale (default 4, diffusers' default) is above 1 and --negative-prompt is given, as in
+diffusers and diffuse's generate; denoiser_ms then counts both calls of a step. guidance_scale is
+passed only with --guidance (Qwen-Image is not guidance-distilled; diffusers ignores it with a warning).
 
 Same inputs as diffuse: --latents FILE is a safetensors file with a float32 tensor "latents" in the
 shape diffusers' latents= argument takes ([B, 4, H/8, W/8] for SD, packed [B, (H/16)*(W/16), 64] for
-FLUX), passed on the device in the pipeline's dtype; the generator is torch.Generator("cpu") seeded
+FLUX and Qwen-Image), passed on the device in the pipeline's dtype; diffuse's generate --latents takes
+the same file in the same layout for every family, so no conversion is needed; the generator is torch.Generator("cpu") seeded
 with --seed. --save-tensors writes, per mode, "MODE.image" (float32 [B, 3, H, W] in [0, 1]) and
-"MODE.latents" (float32, the final latents before VAE scaling, packed for FLUX), and with
+"MODE.latents" (float32, the final latents before VAE scaling, packed for FLUX and Qwen-Image), and with
 --reference-float32 "float32_reference.image" / ".latents" from one float32 eager run with TF32 off:
 compare diffuse's `generate --save-tensors` output with scripts/compare_outputs.py.
 
@@ -67,10 +77,10 @@ class Family:
     """What differs between the two supported pipeline classes, in one place."""
 
     def __init__(self, name, denoiser, steps, guidance, dtype, compile_mode, compile_scope):
-        self.name = name                    # "sd" or "flux", as written in the report
+        self.name = name                    # "sd", "flux" or "qwen-image", as written in the report
         self.denoiser = denoiser            # the pipeline attribute that is timed and compiled
         self.steps = steps                  # diffusers' default num_inference_steps
-        self.guidance = guidance            # diffusers' default guidance_scale
+        self.guidance = guidance            # diffusers' default guidance_scale (None: not passed)
         self.dtype = dtype                  # the usual half-precision dtype for the family
         self.compile_mode = compile_mode    # --compile-mode auto resolves to this
         self.compile_scope = compile_scope  # --compile-scope auto resolves to this
@@ -81,7 +91,13 @@ FAMILIES = {
     "StableDiffusionPipeline": Family("sd", "unet", 50, 7.5, "float16", "reduce-overhead", "full"),
     # FLUX's 57 transformer blocks: regional compilation compiles two block classes once each.
     "FluxPipeline": Family("flux", "transformer", 28, 3.5, "bfloat16", "default", "regional"),
+    # Qwen-Image's 60 identical blocks: regional compilation too. Its guidance is true CFG
+    # (--true-cfg-scale), so guidance_scale is left to diffusers (None) unless --guidance is given.
+    "QwenImagePipeline": Family("qwen-image", "transformer", 50, None, "bfloat16", "default", "regional"),
 }
+
+# diffusers' QwenImagePipeline.__call__ default for true_cfg_scale (and diffuse's).
+QWEN_TRUE_CFG_SCALE = 4.0
 
 COMPILE_MODES = ["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
@@ -112,27 +128,37 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--model", required=True, metavar="DIR",
-                        help="pipeline folder in diffusers' format (StableDiffusionPipeline or FluxPipeline)")
+                        help="pipeline folder in diffusers' format (StableDiffusionPipeline, FluxPipeline or "
+                             "QwenImagePipeline)")
     parser.add_argument("--prompt", action="append", metavar="TEXT",
                         help="prompt; repeat for a batch (default: one astronaut prompt)")
     parser.add_argument("--negative-prompt", metavar="TEXT",
-                        help="SD only: negative prompt for every prompt (default: none, i.e. '')")
-    parser.add_argument("--height", type=int, help="image height (default: the pipeline's, 512 SD 1.5, 1024 FLUX)")
+                        help="SD and Qwen-Image: negative prompt for every prompt (default: none; SD then "
+                             "uses '', Qwen-Image runs without true CFG)")
+    parser.add_argument("--height", type=int,
+                        help="image height (default: the pipeline's, 512 SD 1.5, 1024 FLUX and Qwen-Image)")
     parser.add_argument("--width", type=int, help="image width (default: the pipeline's)")
-    parser.add_argument("--steps", type=int, help="num_inference_steps (default: 50 SD, 28 FLUX)")
-    parser.add_argument("--guidance", type=float, help="guidance_scale (default: 7.5 SD, 3.5 FLUX)")
+    parser.add_argument("--steps", type=int, help="num_inference_steps (default: 50 SD, 28 FLUX, 50 Qwen-Image)")
+    parser.add_argument("--guidance", type=float,
+                        help="guidance_scale (default: 7.5 SD, 3.5 FLUX, not passed for Qwen-Image)")
+    parser.add_argument("--true-cfg-scale", type=float, default=QWEN_TRUE_CFG_SCALE, metavar="X",
+                        help="Qwen-Image only: true_cfg_scale; true CFG runs when X > 1 and --negative-prompt "
+                             f"is given (default {QWEN_TRUE_CFG_SCALE:g})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the CPU generator (default 0)")
     parser.add_argument("--num-images-per-prompt", type=int, default=1, metavar="N", help="(default 1)")
     parser.add_argument("--max-sequence-length", type=int, default=512, metavar="N",
-                        help="FLUX only: T5 tokens (default 512)")
+                        help="FLUX: T5 tokens (at most 512); Qwen-Image: text tokens after the template "
+                             "(at most 1024); default 512 (diffusers' default for both)")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
                         help="weights and compute (default: float16 SD, bfloat16 FLUX)")
     parser.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
     parser.add_argument("--latents", metavar="FILE",
                         help="safetensors (or .pt) file with a float32 tensor 'latents' in the shape of "
-                             "diffusers' latents= argument: [B,4,H/8,W/8] SD, packed [B,(H/16)*(W/16),64] FLUX")
+                             "diffusers' latents= argument: [B,4,H/8,W/8] SD, packed [B,(H/16)*(W/16),64] FLUX "
+                             "and Qwen-Image")
     parser.add_argument("--modes", default="eager,compiled",
-                        help="comma-separated, from eager and compiled (default eager,compiled)")
+                        help="comma-separated, from eager and compiled (default eager,compiled); 'none' with "
+                             "--reference-float32 runs only the float32 reference")
     parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="auto",
                         help="torch.compile mode for the compiled mode; auto = reduce-overhead (CUDA graphs) for "
                              "SD's UNet, default for FLUX's regional compilation")
@@ -143,7 +169,10 @@ def parse_args(argv=None):
                         help="let torch.compile break graphs instead of failing on them")
     parser.add_argument("--attention-backend", metavar="NAME",
                         help="diffusers' set_attention_backend(NAME) on the denoiser, e.g. _native_cudnn, "
-                             "_native_flash, flash, native (default: leave as loaded)")
+                             "_native_flash, flash, native, in every mode (default: leave as loaded)")
+    parser.add_argument("--compiled-attention-backend", metavar="NAME",
+                        help="set_attention_backend(NAME) on the denoiser in the compiled mode only, before "
+                             "it compiles (e.g. _native_cudnn); eager keeps --attention-backend or as loaded")
     parser.add_argument("--warmup", type=int, default=1, metavar="N",
                         help="untimed runs before the timed ones (default 1; compiled modes at least 2)")
     parser.add_argument("--repeats", type=int, default=3, metavar="N", help="timed runs per mode (default 3)")
@@ -156,9 +185,14 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
 
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in args.modes if m not in ("eager", "compiled")]
-    if unknown or not args.modes:
-        parser.error(f"--modes takes eager and/or compiled, got {','.join(args.modes) or 'nothing'}")
+    if args.modes == ["none"]:
+        if not args.reference_float32:
+            parser.error("--modes none runs nothing without --reference-float32")
+        args.modes = []
+    else:
+        unknown = [m for m in args.modes if m not in ("eager", "compiled")]
+        if unknown or not args.modes:
+            parser.error(f"--modes takes eager and/or compiled (or none), got {','.join(args.modes) or 'nothing'}")
     # Eager first: compiling changes the loaded denoiser in place (compile_repeated_blocks) or replaces it.
     args.modes = sorted(set(args.modes), key=["eager", "compiled"].index)
     if args.repeats < 1 or args.warmup < 0:
@@ -335,7 +369,8 @@ def expected_latents_shape(pipe, family, batch, height, width):
     scale = pipe.vae_scale_factor
     if family.name == "sd":
         return [batch, pipe.unet.config.in_channels, height // scale, width // scale]
-    # FLUX: the VAE latent grid rounded down to even, packed into 2x2 patches.
+    # FLUX and Qwen-Image: the VAE latent grid rounded down to even, packed into 2x2 patches
+    # (transformer.config.in_channels = 4 x the VAE's latent channels: 64 for both).
     h = 2 * (height // (scale * 2))
     w = 2 * (width // (scale * 2))
     return [batch, (h // 2) * (w // 2), pipe.transformer.config.in_channels]
@@ -459,7 +494,6 @@ def call_kwargs(family, args, prompts, latents, height, width, steps, guidance, 
         "height": height,
         "width": width,
         "num_inference_steps": steps,
-        "guidance_scale": guidance,
         "num_images_per_prompt": args.num_images_per_prompt,
         "generator": torch.Generator("cpu").manual_seed(args.seed),
         # A copy per call: nothing in diffusers writes into it today, and so it stays that way.
@@ -468,11 +502,15 @@ def call_kwargs(family, args, prompts, latents, height, width, steps, guidance, 
         "callback_on_step_end": timer.callback,
         "callback_on_step_end_tensor_inputs": ["latents"],
     }
-    if family.name == "sd":
-        if args.negative_prompt is not None:
-            kwargs["negative_prompt"] = [args.negative_prompt] * len(prompts)
-    else:
+    if guidance is not None:  # Qwen-Image: None unless --guidance (diffusers' default there)
+        kwargs["guidance_scale"] = guidance
+    if family.name in ("sd", "qwen-image") and args.negative_prompt is not None:
+        # One per prompt: diffusers encodes the negative prompts as a batch of their own.
+        kwargs["negative_prompt"] = [args.negative_prompt] * len(prompts)
+    if family.name in ("flux", "qwen-image"):
         kwargs["max_sequence_length"] = args.max_sequence_length
+    if family.name == "qwen-image":
+        kwargs["true_cfg_scale"] = args.true_cfg_scale
     return kwargs
 
 
@@ -555,6 +593,9 @@ def run_mode(mode, pipe, family, args, inputs, torch):
     device = args.device
     try:
         if mode == "compiled":
+            if args.compiled_attention_backend:
+                # Before compiling, so that the compiled blocks trace the chosen backend.
+                entry["attention_backend"] = apply_attention_backend(pipe, family, args.compiled_attention_backend)
             entry["compile"] = compile_denoiser(pipe, family, args, torch)
         warmups = args.warmup if mode == "eager" else max(2, args.warmup)
         timer.attach(getattr(pipe, family.denoiser))
@@ -617,12 +658,13 @@ def set_tf32(torch, matmul, cudnn):
     torch.backends.cudnn.allow_tf32 = cudnn
 
 
-def run_float32_reference(args, family, index, inputs, latents_cpu, torch, diffusers, transformers):
+def run_float32_reference(args, family, index, inputs, latents_cpu, torch, diffusers, transformers, loaded=None):
     """One float32 eager run with TF32 off, from a fresh float32 load. Returns (report entry, tensors).
 
     Untimed in spirit: it is a single cold run (its seconds are reported, but they include first-call
     overheads). Attention stays as loaded (no --attention-backend): the reference should be the plain
-    path. Failures are recorded, not raised.
+    path. Failures are recorded, not raised. loaded: (pipe, load info) of a float32 pipeline that main
+    loaded already (--modes none), used instead of a second load; the caller drops its own reference.
     """
     entry = {"status": "error", "dtype": "float32", "attention_backend": "as loaded"}
     tensors = {}
@@ -637,7 +679,10 @@ def run_float32_reference(args, family, index, inputs, latents_cpu, torch, diffu
     entry["tf32"] = tf32_state(torch)
     timer = RunTimer(torch)
     try:
-        pipe, load_info = load_pipeline(args, family, index, torch.float32, torch, diffusers, transformers)
+        if loaded is None:
+            loaded = load_pipeline(args, family, index, torch.float32, torch, diffusers, transformers)
+        pipe, load_info = loaded
+        loaded = None
         entry["load_seconds"] = load_info["load_seconds"]
         run_inputs = dict(inputs)
         if latents_cpu is not None:
@@ -738,6 +783,17 @@ def print_table(report):
               f"{cell(entry.get('denoiser_ms', {}).get('median'), '11.2f')} {cell(loop.get('ms_per_step'), '8.2f')} "
               f"{cell(loop.get('ms_per_step_steady'), '8.2f')} "
               f"{cell(entry.get('peak_memory_gib', {}).get('allocated'), '8.2f')}")
+    for name, entry in report["modes"].items():
+        # The compiled mode's own backend (--compiled-attention-backend), else the run's.
+        attention = entry.get("attention_backend") or report.get("attention_backend") or {}
+        backend = attention.get("requested") or "as loaded"
+        if attention.get("requested") and not attention.get("applied"):
+            backend += f" (NOT applied: {attention.get('error') or attention.get('note')})"
+        how = entry.get("compile", {}).get("how", "not compiled")
+        print(f"  {name}: {how}; attention backend {backend}")
+    print("s/image: wall clock of pipe(...) between torch.cuda.synchronize() calls, per image; denoiser ms / ms/step:\n"
+          "CUDA events around each denoiser call / per loop iteration; peak GiB: torch.cuda.max_memory_allocated\n"
+          "over the timed runs (after the warm-up runs; the float32 reference: its one run)")
 
 
 def main(argv=None):
@@ -756,6 +812,19 @@ def main(argv=None):
     guidance = args.guidance if args.guidance is not None else family.guidance
     if family.name == "flux" and args.negative_prompt is not None:
         print("compare_diffusers: --negative-prompt is ignored for FLUX (no true CFG here)", file=sys.stderr)
+    true_cfg = None
+    if family.name == "qwen-image":
+        # diffusers' rule (QwenImagePipeline.__call__), which diffuse's generate follows too.
+        true_cfg = args.true_cfg_scale > 1 and args.negative_prompt is not None
+        if not true_cfg:
+            print(f"compare_diffusers: Qwen-Image runs without true CFG (--true-cfg-scale {args.true_cfg_scale:g}, "
+                  f"--negative-prompt {'given' if args.negative_prompt is not None else 'not given'}): one "
+                  "transformer call per step", file=sys.stderr)
+    # --modes none: only the float32 reference, from the one float32 pipeline loaded below.
+    reference_only = not args.modes
+    if reference_only:
+        dtype_name = "float32"
+        dtype = torch.float32
 
     # Keys in reading order; the ones filled in later are placed here as None.
     report = {
@@ -768,10 +837,13 @@ def main(argv=None):
         "width": None,
         "steps": steps,
         "guidance": guidance,
+        "true_cfg_scale": args.true_cfg_scale if family.name == "qwen-image" else None,
+        "true_cfg": true_cfg,
         "dtype": dtype_name,
         "batch": batch,
         "prompts": prompts,
-        "negative_prompt": args.negative_prompt if family.name == "sd" else None,
+        "negative_prompt": args.negative_prompt if family.name in ("sd", "qwen-image") else None,
+        "max_sequence_length": args.max_sequence_length if family.name in ("flux", "qwen-image") else None,
         "seed": args.seed,
         "latents_file": os.path.abspath(args.latents) if args.latents else None,
         "warmup": args.warmup,
@@ -800,7 +872,8 @@ def main(argv=None):
         latents_cpu = load_latents(args.latents, expected_latents_shape(pipe, family, batch, height, width), torch)
     inputs = {"prompts": prompts, "height": height, "width": width, "steps": steps, "guidance": guidance,
               "latents": latents_cpu.to(args.device, dtype) if latents_cpu is not None else None}
-    report["attention_backend"] = apply_attention_backend(pipe, family, args.attention_backend)
+    if not reference_only:  # the reference keeps the attention as loaded
+        report["attention_backend"] = apply_attention_backend(pipe, family, args.attention_backend)
     write_report(report, args.json)
 
     saved = {}
@@ -814,12 +887,15 @@ def main(argv=None):
     if args.save_tensors and saved:
         safetensors_io.save_tensors(args.save_tensors, saved)
     if args.reference_float32:
-        del pipe
+        loaded = (pipe, load_info) if reference_only else None
+        del pipe, load_info
         inputs["latents"] = None
         free_memory(torch)
         print("float32 reference ...", flush=True)
         entry, tensors = run_float32_reference(args, family, index, inputs, latents_cpu, torch, diffusers,
-                                               transformers)
+                                               transformers, loaded=loaded)
+        del loaded
+        free_memory(torch)
         report["float32_reference"] = entry
         saved.update(tensors)
         if args.save_tensors and tensors:
@@ -831,6 +907,8 @@ def main(argv=None):
     write_report(report, args.json)
     print_table(report)
     print(f"\nreport: {args.json}" + (f"\ntensors: {args.save_tensors}" if args.save_tensors and saved else ""))
+    if reference_only:
+        return 0 if report["float32_reference"].get("status") == "ok" else 1
     failed = [m for m, e in report["modes"].items() if e.get("status") != "ok"]
     return 1 if len(failed) == len(report["modes"]) else 0
 
