@@ -83,7 +83,8 @@ Arguments parse(int argc, char** argv) {
   cli::add_cfg_degree_option(app, a.parallel);
   app.option_defaults()->group("Options");
   cli::add_int(app, "--repeats", a.repeats,
-               "make the call N times and report the last one's times (the first warms the GPU up)", {.min = 1});
+               "make the call N times and report the last one's times and, on a GPU, its peak\n"
+               "memory (the first warms the GPU up)", {.min = 1});
   cli::add_quiet_option(app, a.quiet);
   cli::parse(app, argc, argv);
   return a;
@@ -146,8 +147,16 @@ int main(int argc, char** argv) {
     const double load_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
-    diffuse::GenerateOutput out = pipe->generate(request);
-    for (int64_t run = 1; run < args.repeats; ++run) out = pipe->generate(request);
+    // The peak memory of the last call alone (the one whose times are reported), on the GPU of
+    // --device: what libtorch's caching allocator held for tensors, as torch.cuda.max_memory_allocated
+    // after torch.cuda.reset_peak_memory_stats (0 on the CPU; not read under --device-map).
+    const c10::Device memory_device(args.offload.empty() ? options.device : args.model.device);
+    const bool report_peak = memory_device.is_cuda() && args.device_map.empty();
+    diffuse::GenerateOutput out;
+    for (int64_t run = 0; run < args.repeats; ++run) {
+      if (report_peak && run == args.repeats - 1) diffuse::reset_peak_memory(memory_device);
+      out = pipe->generate(request);
+    }
 
     if (writes && (!generation.save_tensors.empty() || request.output_type == diffuse::OutputType::Latent)) {
       std::vector<std::pair<std::string, at::Tensor>> tensors = {{"latents", out.latents.to(at::kCPU, at::kFloat)}};
@@ -167,6 +176,9 @@ int main(int argc, char** argv) {
                 << out.times.denoise_seconds << " s (" << generation.steps.value_or(pipe->info().default_steps)
                 << " steps, " << pipe->info().scheduler << "), decode " << out.times.decode_seconds
                 << " s, total " << out.times.total_seconds << " s\n";
+    if (!args.quiet && writes && report_peak)
+      std::cerr << "peak memory: " << static_cast<double>(diffuse::peak_memory_allocated(memory_device)) / (1 << 30)
+                << " GiB allocated on " << memory_device << " during the last call\n";
   } catch (const diffuse::Error& e) {
     std::cerr << "generate: " << e.what() << "\n";
     return 1;

@@ -49,7 +49,7 @@ Arguments parse(int argc, char** argv) {
                 "made here)");
   cli::add_int(app, "--transformer-layers", a.options.transformer_layers,
                "Qwen-Image shapes: this many transformer blocks instead of the shape's\n"
-               "(60 for qwen-image; each is ~0.3 GB in bfloat16)",
+               "(60 for qwen-image; each is ~0.7 GB in bfloat16)",
                {.min = 1, .max = 1000});
   cli::parse(app, argc, argv);
   if (!a.tokenizers.empty()) a.options.tokenizers_from = a.tokenizers;
