@@ -57,10 +57,14 @@ want() { [[ $parts == *",$1,"* ]]; }
 need_file() { [ -e "$1" ] || fail "$1 is missing: $2"; }
 part() { echo; echo "== $1"; }
 for p in ${parts//,/ }; do
-  case $p in folder | latents | diffuse | diffusers | reference | compare) ;; *) fail "QWEN_E2E_PARTS: unknown part '$p'" ;; esac
+  case $p in
+    folder | latents | diffuse | diffusers | reference | compare) ;;
+    *) fail "QWEN_E2E_PARTS: unknown part '$p'" ;;
+  esac
 done
 if want diffusers || { want reference && [ "$reference" = 1 ]; }; then
-  [ -d "$diffusers_src/diffusers" ] || fail "DIFFUSERS_SRC $diffusers_src has no diffusers/ (give diffusers' src folder)"
+  [ -d "$diffusers_src/diffusers" ] ||
+    fail "DIFFUSERS_SRC $diffusers_src has no diffusers/ (give diffusers' src folder)"
 fi
 
 # The folder, once: a marker written after make_random_pipeline succeeds (it writes model_index.json
@@ -150,7 +154,8 @@ if want compare; then
     if [ -f "$out/diffuse.safetensors" ]; then
       echo "-- diffuse vs the float32 reference"
       python3 scripts/compare_outputs.py "$out/diffuse.safetensors" "$ref" \
-        --names image:float32_reference.image latents:float32_reference.latents 2>&1 | tee "$out/compare_diffuse_float32.log"
+        --names image:float32_reference.image latents:float32_reference.latents 2>&1 |
+        tee "$out/compare_diffuse_float32.log"
     fi
     echo "-- diffusers eager and compiled vs the float32 reference"
     python3 scripts/compare_outputs.py "$out/diffusers.safetensors" "$ref" \

@@ -7,9 +7,9 @@
 
 The folder is in diffusers' format (model_index.json and one folder per component), a
 StableDiffusionPipeline, a FluxPipeline or a QwenImagePipeline (read from model_index.json's
-_class_name). Everything loads
-from that folder (local_files_only; the Hub is never contacted). For each mode the pipeline runs
---warmup times untimed, then --repeats times timed, with output_type "pt"; the report gives:
+_class_name). Everything loads from that folder (local_files_only; the Hub is never contacted). For
+each mode the pipeline runs --warmup times untimed, then --repeats times timed, with output_type "pt";
+the report gives:
 
   seconds_per_image   wall clock around pipe(...), torch.cuda.synchronize() before and after,
                       divided by the batch: text encoding, denoising, VAE decoding, no loading.
@@ -41,11 +41,12 @@ passed only with --guidance (Qwen-Image is not guidance-distilled; diffusers ign
 Same inputs as diffuse: --latents FILE is a safetensors file with a float32 tensor "latents" in the
 shape diffusers' latents= argument takes ([B, 4, H/8, W/8] for SD, packed [B, (H/16)*(W/16), 64] for
 FLUX and Qwen-Image), passed on the device in the pipeline's dtype; diffuse's generate --latents takes
-the same file in the same layout for every family, so no conversion is needed; the generator is torch.Generator("cpu") seeded
-with --seed. --save-tensors writes, per mode, "MODE.image" (float32 [B, 3, H, W] in [0, 1]) and
-"MODE.latents" (float32, the final latents before VAE scaling, packed for FLUX and Qwen-Image), and with
---reference-float32 "float32_reference.image" / ".latents" from one float32 eager run with TF32 off:
-compare diffuse's `generate --save-tensors` output with scripts/compare_outputs.py.
+the same file in the same layout for every family, so nothing converts it. The generator is
+torch.Generator("cpu") seeded with --seed. --save-tensors writes, per mode, "MODE.image" (float32
+[B, 3, H, W] in [0, 1]) and "MODE.latents" (float32, the final latents before VAE scaling, packed for
+FLUX and Qwen-Image), and with --reference-float32 "float32_reference.image" / ".latents" from one
+float32 eager run with TF32 off: compare diffuse's `generate --save-tensors` output with
+scripts/compare_outputs.py.
 
 Needs torch with CUDA and diffusers' source on PYTHONPATH (or installed); transformers for the text
 encoders; the safetensors package is optional.
@@ -74,7 +75,7 @@ import safetensors_io  # noqa: E402  (beside this script)
 
 
 class Family:
-    """What differs between the two supported pipeline classes, in one place."""
+    """What differs between the supported pipeline classes, in one place."""
 
     def __init__(self, name, denoiser, steps, guidance, dtype, compile_mode, compile_scope):
         self.name = name                    # "sd", "flux" or "qwen-image", as written in the report
@@ -150,7 +151,7 @@ def parse_args(argv=None):
                         help="FLUX: T5 tokens (at most 512); Qwen-Image: text tokens after the template "
                              "(at most 1024); default 512 (diffusers' default for both)")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
-                        help="weights and compute (default: float16 SD, bfloat16 FLUX)")
+                        help="weights and compute (default: float16 SD, bfloat16 FLUX and Qwen-Image)")
     parser.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
     parser.add_argument("--latents", metavar="FILE",
                         help="safetensors (or .pt) file with a float32 tensor 'latents' in the shape of "
@@ -161,10 +162,11 @@ def parse_args(argv=None):
                              "--reference-float32 runs only the float32 reference")
     parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="auto",
                         help="torch.compile mode for the compiled mode; auto = reduce-overhead (CUDA graphs) for "
-                             "SD's UNet, default for FLUX's regional compilation")
+                             "SD's UNet, default for FLUX's and Qwen-Image's regional compilation")
     parser.add_argument("--compile-scope", choices=["auto", "full", "regional"], default="auto",
                         help="full = torch.compile of the whole denoiser; regional = "
-                             "compile_repeated_blocks (its repeated blocks only); auto = full SD, regional FLUX")
+                             "compile_repeated_blocks (its repeated blocks only); auto = full SD, regional FLUX and "
+                             "Qwen-Image")
     parser.add_argument("--no-fullgraph", dest="fullgraph", action="store_false",
                         help="let torch.compile break graphs instead of failing on them")
     parser.add_argument("--attention-backend", metavar="NAME",
