@@ -481,6 +481,85 @@ TEST(SharedBlocks, SamplersHalveAndDoubleAsDiffusersDoes) {
   EXPECT_ERROR_CONTAINS(up->forward(x, {3}), "the output size must be {height, width}");
 }
 
+// GroupNorm on channels-last maps (what the UNet keeps on CUDA in half precision; our own kernels
+// there): float32 statistics against at::group_norm in float32, the layout kept, SiLU fused with the
+// same roundings, and the same bits on every call. On the CPU, at::group_norm on the same maps.
+TEST(SharedBlocks, GroupNormOnChannelsLastMapsMatchesFloat32) {
+  at::NoGradGuard no_grad;
+  const c10::Device device = test::test_device();
+  const std::vector<at::ScalarType> dtypes =
+      device.is_cuda() ? std::vector<at::ScalarType>{at::kHalf, at::kBFloat16} : std::vector<at::ScalarType>{at::kFloat};
+  struct Shape {
+    int64_t batch, channels, groups, height, width;
+  };
+  // SD's widths and groups, odd sizes, a 1x1 map, the widest supported and an odd group width.
+  const std::vector<Shape> shapes = {{2, 320, 32, 64, 64}, {2, 48, 8, 3, 5},  {1, 1280, 32, 8, 8},
+                                     {1, 2048, 32, 4, 4},  {3, 128, 32, 17, 9}, {2, 12, 2, 1, 1},
+                                     {2, 96, 32, 6, 6}};
+  at::manual_seed(0);
+  for (const at::ScalarType dtype : dtypes) {
+    for (const Shape& s : shapes) {
+      const auto options = at::TensorOptions().dtype(dtype).device(device);
+      GroupNorm norm(s.groups, s.channels, 1e-5, /*affine=*/true, options);
+      norm->weight.copy_(at::randn({s.channels}) * 0.5 + 1);
+      norm->bias.copy_(at::randn({s.channels}) * 0.1);
+      // An offset mean, so that statistics computed as E[x^2] - E[x]^2 in float32 would show.
+      const at::Tensor x =
+          (at::randn({s.batch, s.channels, s.height, s.width}) * 2 + 3).to(options).contiguous(at::MemoryFormat::ChannelsLast);
+      const at::Tensor expected = at::group_norm(x.to(at::kFloat).contiguous(), s.groups, norm->weight.to(at::kFloat),
+                                                 norm->bias.to(at::kFloat), 1e-5);
+      const double tolerance = dtype == at::kHalf ? 2e-3 : dtype == at::kBFloat16 ? 1e-2 : 1e-5;
+      const std::string what = c10::toString(dtype) + std::string(" ") + c10::str(x.sizes()) + " groups " +
+                               std::to_string(s.groups);
+      const at::Tensor out = norm(x);
+      EXPECT_EQ(out.scalar_type(), dtype) << what;
+      EXPECT_TENSORS_CLOSE(out.to(at::kFloat), expected, tolerance) << what;
+      const at::Tensor activated = norm->forward_then(x, "silu");
+      EXPECT_TENSORS_CLOSE(activated.to(at::kFloat), at::silu(out.to(at::kFloat)), tolerance) << what;
+      if (device.is_cuda()) {
+        EXPECT_TRUE(out.is_contiguous(at::MemoryFormat::ChannelsLast)) << what;
+        EXPECT_TRUE(activated.is_contiguous(at::MemoryFormat::ChannelsLast)) << what;
+        EXPECT_TRUE(at::equal(norm(x), out)) << what << ": not deterministic";
+        // The fused SiLU rounds where the two steps do: the same values as silu of the rounded norm.
+        EXPECT_TRUE(at::equal(activated, at::silu(out))) << what;
+        // Against PyTorch's own kernel in this dtype: at most a rounding apart.
+        const at::Tensor own = at::group_norm(x.contiguous(), s.groups, norm->weight, norm->bias, 1e-5);
+        EXPECT_TENSORS_CLOSE(out.to(at::kFloat), own.to(at::kFloat), tolerance) << what;
+      }
+    }
+  }
+}
+
+// The samplers and the attention block keep a channels-last map channels-last with the same values.
+TEST(SharedBlocks, ChannelsLastMapsGiveTheSameUNetOutput) {
+  REQUIRE_TINY_SD();
+  const UNetCall call = step0(at::kFloat, test::test_device());
+  const at::Tensor base = run(tiny_unet(), call);
+  const at::Tensor out = run(tiny_unet(), {call.sample.contiguous(at::MemoryFormat::ChannelsLast), call.timestep,
+                                           call.encoder_hidden_states});
+  test::print_error("UNet on a channels-last sample vs NCHW", out, base);
+  EXPECT_TENSORS_CLOSE(out, base, 1e-5);
+  const at::Tensor x = at::arange(2 * 3 * 2 * 3, at::kFloat).reshape({2, 3, 2, 3});
+  const at::Tensor doubled = upsample_nearest_2x(x.contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(doubled.is_contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(at::equal(doubled, upsample_nearest_2x(x)));
+}
+
+// On CUDA in float16 the UNet runs channels-last inside (cuDNN's NHWC convolutions, our GroupNorm
+// kernels) and hands back an NCHW-contiguous output, close to diffusers' float32 one.
+TEST(UNet2DConditionModel, Float16OnCudaStaysCloseAndReturnsNchw) {
+  REQUIRE_TINY_SD();
+  const c10::Device device = test::test_device();
+  if (!device.is_cuda()) GTEST_SKIP() << "float16 UNet: CUDA only (DIFFUSE_TEST_DEVICE=cuda)";
+  UNet2DConditionModel unet = load_unet_2d_condition(tiny_sd() / "unet", at::kHalf, device);
+  const at::Tensor out = run(unet, step0(at::kHalf, device));
+  EXPECT_EQ(out.scalar_type(), at::kHalf);
+  EXPECT_TRUE(out.is_contiguous());
+  test::print_error("UNet in float16 (channels-last inside) vs diffusers float32", out, reference().load("unet_out_step0"));
+  EXPECT_TENSORS_CLOSE(out.to(at::kCPU, at::kFloat), reference().load("unet_out_step0"), 1e-2);
+  EXPECT_TRUE(unet->conv_in->weight.is_contiguous(at::MemoryFormat::ChannelsLast));
+}
+
 TEST(SharedBlocks, ResnetTimeEmbeddingIsOptionalAndChecked) {
   at::NoGradGuard no_grad;
   const auto options = at::TensorOptions().dtype(at::kFloat);

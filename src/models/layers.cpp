@@ -6,6 +6,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "diffuse/error.hpp"
+#include "models/group_norm_nhwc.hpp"
 
 namespace diffuse {
 
@@ -88,7 +89,14 @@ at::Tensor GroupNormImpl::forward(const at::Tensor& input) {
     const at::Tensor b = bias.defined() ? bias.to(at::kFloat) : bias;
     return at::group_norm(input.to(at::kFloat), num_groups, w, b, eps).to(input.scalar_type());
   }
+  if (fused_group_norm_available(input, *this)) return fused_group_norm(input, *this, /*silu=*/false);
   return at::group_norm(input, num_groups, weight, bias, eps);
+}
+
+at::Tensor GroupNormImpl::forward_then(const at::Tensor& input, const std::string& activation_name) {
+  if ((activation_name == "silu" || activation_name == "swish") && fused_group_norm_available(input, *this))
+    return fused_group_norm(input, *this, /*silu=*/true);
+  return activation(forward(input), activation_name);
 }
 
 Conv2dImpl::Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride_,
@@ -100,6 +108,11 @@ Conv2dImpl::Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel
 }
 
 at::Tensor Conv2dImpl::forward(const at::Tensor& input) {
+  if (input.is_cuda() && input.dim() == 4 && input.suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
+      !weight.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    at::NoGradGuard no_grad;
+    weight.set_data(weight.contiguous(at::MemoryFormat::ChannelsLast));
+  }
   return at::conv2d(input, weight, bias, {stride, stride}, {padding, padding});
 }
 

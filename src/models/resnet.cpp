@@ -29,12 +29,12 @@ at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& input, const at::Tensor&
   if (temb.defined() != !time_emb_proj.is_empty())
     throw Error(time_emb_proj.is_empty() ? "ResnetBlock2D: a time embedding was given to a block without one"
                                          : "ResnetBlock2D: this block needs a time embedding (temb)");
-  at::Tensor hidden = conv1(activation(norm1(input), act));
+  at::Tensor hidden = conv1(norm1->forward_then(input, act));
   if (temb.defined()) {
     // [B, out] -> [B, out, 1, 1], broadcast over every position.
     hidden = hidden + time_emb_proj(activation(temb, act)).unsqueeze(-1).unsqueeze(-1);
   }
-  hidden = conv2(activation(norm2(hidden), act));  // dropout is the identity at inference
+  hidden = conv2(norm2->forward_then(hidden, act));  // dropout is the identity at inference
   const at::Tensor shortcut = conv_shortcut ? conv_shortcut(input) : input;
   at::Tensor output = shortcut + hidden;
   // diffusers divides even by 1; skipping that is exact.

@@ -28,6 +28,11 @@ at::Tensor upsample_nearest_2x(const at::Tensor& input) {
   // A broadcast copy instead of upsample_nearest2d: identical values, and it works for bfloat16 on
   // the CPU with libtorch < 2.1, where that kernel does not (diffusers upcasts there for that reason).
   const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
+  if (input.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
+    // The same copy over [B, H, W, C], so that channels-last maps stay channels-last.
+    const at::Tensor nhwc = input.permute({0, 2, 3, 1});
+    return nhwc.reshape({b, h, 1, w, 1, c}).expand({b, h, 2, w, 2, c}).reshape({b, 2 * h, 2 * w, c}).permute({0, 3, 1, 2});
+  }
   return input.reshape({b, c, h, 1, w, 1}).expand({b, c, h, 2, w, 2}).reshape({b, c, 2 * h, 2 * w});
 }
 

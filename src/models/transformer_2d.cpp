@@ -95,10 +95,11 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& 
 
 at::Tensor Transformer2DModelImpl::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states) {
   const int64_t batch = hidden_states.size(0), height = hidden_states.size(2), width = hidden_states.size(3);
-  // [B, C, H, W] <-> [B, H*W, C]: one token per position, channels last.
+  // [B, C, H, W] <-> [B, H*W, C]: one token per position, channels last. Both are views when the maps
+  // are channels-last (CUDA half precision); the map comes back in the layout it came in.
   auto to_tokens = [&](const at::Tensor& x) { return x.permute({0, 2, 3, 1}).reshape({batch, height * width, -1}); };
   auto to_map = [&](const at::Tensor& x) {
-    return x.reshape({batch, height, width, -1}).permute({0, 3, 1, 2}).contiguous();
+    return x.reshape({batch, height, width, -1}).permute({0, 3, 1, 2}).contiguous(hidden_states.suggest_memory_format());
   };
   const at::Tensor normed = norm(hidden_states);
   at::Tensor x = options_.use_linear_projection ? proj_in_linear(to_tokens(normed)) : to_tokens(proj_in_conv(normed));

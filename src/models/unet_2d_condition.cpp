@@ -5,6 +5,7 @@
 
 #include "diffuse/error.hpp"
 #include "diffuse/models/weights.hpp"
+#include "models/group_norm_nhwc.hpp"
 
 namespace diffuse {
 namespace {
@@ -131,6 +132,11 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
   const bool forward_upsample_size = sample.size(2) % factor != 0 || sample.size(3) % factor != 0;
 
   at::Tensor x = config_.center_input_sample ? sample * 2 - 1.0 : sample;
+  // On CUDA in half precision the maps stay channels-last from conv_in to conv_out: cuDNN's NHWC
+  // convolutions are the fast ones there, and our GroupNorm kernels keep that layout (PyTorch's would
+  // copy to NCHW and back at every norm).
+  const bool channels_last = channels_last_group_norm_available(x);
+  if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
 
   // 1. time: the sinusoids in float32 (time_proj has no weights), then the MLP in the model's dtype.
   at::Tensor timesteps = timestep.dim() == 0 ? timestep.reshape({1}) : timestep;
@@ -177,8 +183,9 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
   }
 
   // 5. out
-  x = activation(forward_unit(*conv_norm_out, x), config_.act_fn);
-  return forward_unit(*conv_out, x);
+  x = run_unit(*conv_norm_out, [this](const at::Tensor& h) { return conv_norm_out->forward_then(h, config_.act_fn); }, x);
+  x = forward_unit(*conv_out, x);
+  return channels_last ? x.contiguous() : x;  // callers get the usual layout
 }
 
 void UNet2DConditionModelImpl::set_attention_backend(AttentionBackend backend) {

@@ -49,7 +49,11 @@ TORCH_MODULE(RMSNorm);
 class GroupNormImpl : public torch::nn::Module {
  public:
   GroupNormImpl(int64_t num_groups, int64_t num_channels, double eps, bool affine, const at::TensorOptions& options);
+  // Keeps a channels-last input channels-last (own CUDA kernels for bfloat16/float16).
   at::Tensor forward(const at::Tensor& input);
+  // activation(forward(input)) by name (layers' activation()); "silu" on channels-last CUDA input is
+  // one fused pass with the same roundings as the two steps.
+  at::Tensor forward_then(const at::Tensor& input, const std::string& activation_name);
   int64_t num_groups;
   double eps;
   at::Tensor weight, bias;
@@ -60,6 +64,8 @@ class Conv2dImpl : public torch::nn::Module {
  public:
   Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride, int64_t padding,
              bool bias, const at::TensorOptions& options);
+  // A channels-last CUDA input gets cuDNN's NHWC kernels; the weight is then made channels-last once
+  // (same values), so that cuDNN does not convert it on every call.
   at::Tensor forward(const at::Tensor& input);
   int64_t stride, padding;
   at::Tensor weight, bias;

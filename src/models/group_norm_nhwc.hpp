@@ -1,0 +1,24 @@
+#pragma once
+// GroupNorm (and GroupNorm + SiLU) on channels-last CUDA activations in one pass of our own kernels
+// (src/kernels/group_norm_nhwc.cu). PyTorch's CUDA group_norm copies a channels-last input to NCHW
+// and returns NCHW, which would undo a channels-last UNet at every norm; elsewhere GroupNormImpl uses
+// at::group_norm.
+
+#include <ATen/core/Tensor.h>
+
+namespace diffuse {
+
+class GroupNormImpl;
+
+// Whether the kernels were built (CUDA builds) and take activations like `x`: on CUDA, bfloat16 or
+// float16. Models keep their activations channels-last on such devices only when this holds.
+bool channels_last_group_norm_available(const at::Tensor& x);
+
+// Whether `norm` can run `x` through the kernels: the above, x 4-D and channels-last contiguous, an
+// affine norm in x's dtype, channels per group even, at most 2048 channels.
+bool fused_group_norm_available(const at::Tensor& x, const GroupNormImpl& norm);
+
+// norm(x), then SiLU when `silu`; channels-last in and out. Throws diffuse::Error where not available.
+at::Tensor fused_group_norm(const at::Tensor& x, const GroupNormImpl& norm, bool silu);
+
+}  // namespace diffuse
