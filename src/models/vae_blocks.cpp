@@ -2,6 +2,7 @@
 
 #include "diffuse/error.hpp"
 #include "diffuse/models/attention.hpp"
+#include "models/group_norm_nhwc.hpp"
 
 namespace diffuse::vae {
 
@@ -31,8 +32,9 @@ AttentionImpl::AttentionImpl(int64_t channels, int64_t groups, const at::TensorO
 
 at::Tensor AttentionImpl::forward(const at::Tensor& input) {
   const int64_t b = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
-  // Group norm over [B, C, H*W] is the same as over [B, C, H, W]; then one token per position.
-  at::Tensor tokens = group_norm(input).reshape({b, c, h * w}).transpose(1, 2);
+  // Group norm over [B, C, H*W] is the same as over [B, C, H, W]; then one token per position (a view
+  // when the map is channels-last; the output below is channels-last either way).
+  at::Tensor tokens = group_norm(input).permute({0, 2, 3, 1}).reshape({b, h * w, c});
   auto split_heads = [&](const at::Tensor& x) { return x.view({b, h * w, heads_, c / heads_}).transpose(1, 2); };
   at::Tensor q = split_heads(to_q(tokens));
   at::Tensor k = split_heads(to_k(tokens));
@@ -114,11 +116,16 @@ EncoderImpl::EncoderImpl(const AutoencoderKLConfig& config, const at::TensorOpti
   conv_out = register_module("conv_out", Conv2d(channels.back(), 2 * config.latent_channels, 3, 1, 1, true, options));
 }
 
+// On CUDA in half precision the maps stay channels-last inside (as in the UNet: cuDNN's NHWC
+// convolutions, our GroupNorm kernels); callers get NCHW-contiguous tensors back.
 at::Tensor EncoderImpl::forward(const at::Tensor& images) {
-  at::Tensor hidden = forward_unit(*conv_in, images);
+  const bool channels_last = channels_last_group_norm_available(images);
+  at::Tensor hidden = forward_unit(*conv_in, channels_last ? images.contiguous(at::MemoryFormat::ChannelsLast) : images);
   for (const auto& block : *down_blocks) hidden = forward_unit(*block->as<DownEncoderBlock2DImpl>(), hidden);
   hidden = forward_unit(*mid_block, hidden);
-  return forward_unit(*conv_out, at::silu(forward_unit(*conv_norm_out, hidden)));
+  hidden = run_unit(*conv_norm_out, [this](const at::Tensor& x) { return conv_norm_out->forward_then(x, "silu"); }, hidden);
+  hidden = forward_unit(*conv_out, hidden);
+  return channels_last ? hidden.contiguous() : hidden;
 }
 
 DecoderImpl::DecoderImpl(const AutoencoderKLConfig& config, const at::TensorOptions& options) {
@@ -145,9 +152,13 @@ DecoderImpl::DecoderImpl(const AutoencoderKLConfig& config, const at::TensorOpti
 }
 
 at::Tensor DecoderImpl::forward(const at::Tensor& latents) {
-  at::Tensor hidden = forward_unit(*mid_block, forward_unit(*conv_in, latents));
+  const bool channels_last = channels_last_group_norm_available(latents);
+  at::Tensor hidden = forward_unit(*conv_in, channels_last ? latents.contiguous(at::MemoryFormat::ChannelsLast) : latents);
+  hidden = forward_unit(*mid_block, hidden);
   for (const auto& block : *up_blocks) hidden = forward_unit(*block->as<UpDecoderBlock2DImpl>(), hidden);
-  return forward_unit(*conv_out, at::silu(forward_unit(*conv_norm_out, hidden)));
+  hidden = run_unit(*conv_norm_out, [this](const at::Tensor& x) { return conv_norm_out->forward_then(x, "silu"); }, hidden);
+  hidden = forward_unit(*conv_out, hidden);
+  return channels_last ? hidden.contiguous() : hidden;
 }
 
 }  // namespace diffuse::vae
