@@ -205,6 +205,21 @@ TEST(QwenImagePipeline, APaddedBatchEqualsEachPromptAlone) {
   EXPECT_EQ(both.size(0), 2);
 }
 
+// With the transformer replayed from CUDA graphs (the default on a GPU: one per true-CFG pass, each
+// with its own text length and mask) the latents are the eager ones, bit for bit: the same kernels run
+// on the same inputs. Padded prompts, so that both passes carry a text mask. On the CPU both runs are
+// eager.
+TEST(QwenImagePipeline, CudaGraphsGiveTheEagerLatents) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  GenerateRequest request = reference_request();
+  request.output_type = OutputType::Latent;
+  request.prompt = std::vector<std::string>{"a photo of a dog with cat-like look", "a red house"};
+  request.negative_prompt = std::vector<std::string>{"blurry, low quality", ""};
+  const at::Tensor with_graphs = tiny_pipeline().generate(request).latents;
+  const at::Tensor eager = tiny_pipeline({.cuda_graphs = false}).generate(request).latents;
+  EXPECT_TRUE(at::equal(with_graphs, eager)) << "max difference " << (with_graphs - eager).abs().max().item<double>();
+}
+
 TEST(QwenImagePipeline, NumImagesPerPromptRepeatsTheEmbeddings) {
   DIFFUSE_REQUIRE_FIXTURES();
   QwenImagePipeline pipe = tiny_pipeline();

@@ -128,45 +128,69 @@ void QwenImageTransformer2DModelImpl::disable_parallelism() {
   attention_->mesh_lengths.clear();
 }
 
-at::Tensor QwenImageTransformer2DModelImpl::forward(const QwenImageTransformerInputs& in) {
+QwenImageCallTables QwenImageTransformer2DModelImpl::call_tables(const QwenImageTransformerInputs& in) {
   check_inputs(in);
-  const ClearKeyPaddingAfter clear{*attention_};
+  return tables_for(in);
+}
+
+QwenImageCallTables QwenImageTransformer2DModelImpl::tables_for(const QwenImageTransformerInputs& in) {
   const int64_t batch = in.hidden_states.size(0);
   const int64_t image_len = in.hidden_states.size(1), text_len = in.encoder_hidden_states.size(1);
+  const c10::Device device = in.hidden_states.device();
+  const bool sharded = mesh_ && mesh_->active();
+  const int64_t parts = sharded ? mesh_->degree() : 1, index = sharded ? mesh_->rank() : 0;
+  QwenImageCallTables tables;
   // The rotary rows of the whole sequence (text positions follow the full text length, as diffusers
-  // computes them before its _cp_plan splits them).
-  const QwenImageRotaryEmbedding rotary = qwenimage_rotary_embedding(
-      in.img_shapes.front(), text_len, config_.axes_dims_rope, in.hidden_states.device());
-  // diffusers' joint mask: the text mask, then every image token valid.
-  const at::Tensor text_mask =
-      in.encoder_hidden_states_mask.defined() ? in.encoder_hidden_states_mask.to(at::kCPU).to(at::kBool) : at::Tensor();
+  // computes them before its _cp_plan splits them), then this rank's rows of each: made once per key.
+  tables.rotary = call_tables_.rotary({in.img_shapes.front(), text_len, device, parts, index}, [&] {
+    const QwenImageRotaryEmbedding rotary =
+        qwenimage_rotary_embedding(in.img_shapes.front(), text_len, config_.axes_dims_rope, device);
+    if (!sharded) return joint_rotary_embedding(rotary);
+    return joint_rotary_embedding({.image = take_rows(rotary.image, parts, index),
+                                   .text = take_rows(rotary.text, parts, index)});
+  });
+  if (!in.encoder_hidden_states_mask.defined()) return tables;
+  // diffusers' joint mask: the text mask, then every image token valid. Built on the host (a mask on
+  // the CPU costs no device synchronization here); the cache finds its padding by its values.
+  const at::Tensor text_mask = in.encoder_hidden_states_mask.to(at::kCPU).to(at::kBool);
   auto joint_mask = [&](const at::Tensor& text, int64_t image_tokens) {
     return at::cat({text, at::ones({batch, image_tokens}, text.options())}, 1);
   };
-
-  if (!mesh_ || !mesh_->active()) {
-    if (text_mask.defined()) attention_->key_padding = KeyPadding(joint_mask(text_mask, image_len));
-    return forward_tokens(in.hidden_states, in.encoder_hidden_states, in.timestep, joint_rotary_embedding(rotary));
+  if (!sharded) {
+    tables.key_padding = call_tables_.key_padding(joint_mask(text_mask, image_len));
+    return tables;
   }
+  // Every rank's part of the mask, in mesh-rank order: attention sees every rank's keys.
+  const std::vector<int64_t> image_shards = shard_sizes(image_len, parts);
+  std::vector<at::Tensor> mesh_mask;
+  for (int64_t i = 0; i < parts; ++i)
+    mesh_mask.push_back(joint_mask(take_shard(text_mask, 1, parts, i), image_shards[static_cast<size_t>(i)]));
+  tables.key_padding = call_tables_.key_padding(at::cat(mesh_mask, 1));
+  return tables;
+}
+
+at::Tensor QwenImageTransformer2DModelImpl::forward(const QwenImageTransformerInputs& in) {
+  check_inputs(in);
+  const ClearKeyPaddingAfter clear{*attention_};
+  // After the first call with these shapes and mask, no host work reaches the device from here on:
+  // a CUDA graph can capture the call (models/graph_call.hpp).
+  const QwenImageCallTables tables = tables_for(in);
+  attention_->key_padding = tables.key_padding;
+  if (!mesh_ || !mesh_->active())
+    return forward_tokens(in.hidden_states, in.encoder_hidden_states, in.timestep, tables.rotary);
   // Each rank keeps one contiguous shard of the image tokens and one of the text tokens (any counts),
   // with their rotary rows; attention is the only place tokens meet, and it sees every rank's keys
   // (and, with padded text, every rank's part of the mask, in mesh-rank order).
+  const int64_t image_len = in.hidden_states.size(1), text_len = in.encoder_hidden_states.size(1);
   const int64_t parts = mesh_->degree(), index = mesh_->rank();
   const std::vector<int64_t> image_shards = shard_sizes(image_len, parts);
   const std::vector<int64_t> text_shards = shard_sizes(text_len, parts);
   attention_->mesh_lengths.clear();
-  std::vector<at::Tensor> mesh_mask;
-  for (int64_t i = 0; i < parts; ++i) {
-    const auto shard = static_cast<size_t>(i);
-    attention_->mesh_lengths.push_back(text_shards[shard] + image_shards[shard]);
-    if (text_mask.defined()) mesh_mask.push_back(joint_mask(take_shard(text_mask, 1, parts, i), image_shards[shard]));
-  }
-  if (text_mask.defined()) attention_->key_padding = KeyPadding(at::cat(mesh_mask, 1));
-  const RotaryEmbedding local_rotary = joint_rotary_embedding(
-      {.image = take_rows(rotary.image, parts, index), .text = take_rows(rotary.text, parts, index)});
+  for (size_t i = 0; i < static_cast<size_t>(parts); ++i)
+    attention_->mesh_lengths.push_back(text_shards[i] + image_shards[i]);
   const at::Tensor out = forward_tokens(take_shard(in.hidden_states, 1, parts, index),
                                         take_shard(in.encoder_hidden_states, 1, parts, index), in.timestep,
-                                        local_rotary);
+                                        tables.rotary);
   return mesh_->group().all_gather(out.contiguous(), 1, image_shards);
 }
 

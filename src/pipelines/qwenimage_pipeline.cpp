@@ -12,6 +12,7 @@
 #include "diffuse/errors.hpp"
 #include "diffuse/io/inspect.hpp"
 #include "diffuse/models/attention_backend.hpp"
+#include "diffuse/models/graph_call.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 #include "diffuse/pipelines/guidance.hpp"
 #include "diffuse/pipelines/progress_bar.hpp"
@@ -287,13 +288,16 @@ at::Tensor QwenImagePipeline::denoise(const GenerateRequest& request, const Prom
   const std::vector<std::vector<QwenImageShape>> img_shapes(
       static_cast<size_t>(batch), {QwenImageShape{1, height / vae_scale_factor_ / 2, width / vae_scale_factor_ / 2}});
   QwenImageTransformerInputs cond, uncond;
+  // The masks stay on the CPU: the transformer reads them on the host, and one on the device would
+  // make every call wait for it (which a CUDA graph cannot capture).
   cond.encoder_hidden_states = embeddings.prompt_embeds.to(device, dtype_);
-  if (embeddings.prompt_embeds_mask.defined()) cond.encoder_hidden_states_mask = embeddings.prompt_embeds_mask.to(device);
+  if (embeddings.prompt_embeds_mask.defined())
+    cond.encoder_hidden_states_mask = embeddings.prompt_embeds_mask.to(at::kCPU);
   cond.img_shapes = img_shapes;
   if (true_cfg) {
     uncond.encoder_hidden_states = embeddings.negative_prompt_embeds.to(device, dtype_);
     if (embeddings.negative_prompt_embeds_mask.defined())
-      uncond.encoder_hidden_states_mask = embeddings.negative_prompt_embeds_mask.to(device);
+      uncond.encoder_hidden_states_mask = embeddings.negative_prompt_embeds_mask.to(at::kCPU);
     uncond.img_shapes = img_shapes;
   }
   // diffusers builds no guidance embedder for Qwen-Image (guidance_embeds changes nothing either).
@@ -306,22 +310,39 @@ at::Tensor QwenImagePipeline::denoise(const GenerateRequest& request, const Prom
   ProgressBar progress(num_steps, show_progress);
   at::NoGradGuard no_grad;
   const auto running = on_device_while_running("transformer");
+  // Each pass replays its own CUDA graph (models/graph_call.hpp): the latents and the timestep change
+  // each step, as graph inputs; the text embeddings and mask are the pass's own for the whole loop and
+  // are read where they are (the key padding made from the mask is baked into the captured graph, so a
+  // graph is never shared between the two passes, whose text lengths and masks differ).
+  const bool graphs = can_capture_cuda_graph("transformer");
+  auto pass = [&model, &device](const QwenImageTransformerInputs& inputs) {
+    return [&model, &device, &inputs](const std::vector<at::Tensor>& in) {
+      QwenImageTransformerInputs step = inputs;
+      step.hidden_states = in[0];
+      step.timestep = in[1];
+      // Under a device map the last block may run on another GPU than the latents live on.
+      return model->forward(step).to(device);
+    };
+  };
+  // The rotary rows and key padding each graph reads, held here for longer than the graphs live (the
+  // model's cache of them is bounded); the first calls find them made.
+  std::vector<QwenImageCallTables> graph_tables;
+  auto tables_of = [&](QwenImageTransformerInputs inputs) {
+    inputs.hidden_states = latents;
+    inputs.timestep = at::zeros({batch}, latents.options());
+    return model->call_tables(inputs);
+  };
+  if (graphs && run_positive) graph_tables.push_back(tables_of(cond));
+  if (graphs && run_negative) graph_tables.push_back(tables_of(uncond));
+  CudaGraphCall positive_pass(pass(cond), graphs && run_positive);
+  CudaGraphCall negative_pass(pass(uncond), graphs && run_negative);
   for (int64_t i = 0; i < num_steps; ++i) {
     const at::Tensor t = timesteps[i];
     // diffusers: t.expand(batch).to(latents.dtype), divided by 1000 in that dtype.
     const at::Tensor timestep = t.expand({batch}).to(device, latents.scalar_type()) / 1000;
     at::Tensor noise_pred, negative;
-    // Under a device map the last block may run on another GPU than the latents live on.
-    if (run_positive) {
-      cond.hidden_states = latents;
-      cond.timestep = timestep;
-      noise_pred = model->forward(cond).to(device);
-    }
-    if (run_negative) {
-      uncond.hidden_states = latents;
-      uncond.timestep = timestep;
-      negative = model->forward(uncond).to(device);
-    }
+    if (run_positive) noise_pred = positive_pass({latents, timestep});
+    if (run_negative) negative = negative_pass({latents, timestep});
     if (split) std::tie(negative, noise_pred) = exchange_guidance_halves(*cfg_group, run_positive ? noise_pred : negative);
     if (true_cfg) noise_pred = true_classifier_free_guidance(negative, noise_pred, true_cfg_scale);
     latents = steps.step(noise_pred, t.item<double>(), latents, generator);

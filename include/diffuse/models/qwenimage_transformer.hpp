@@ -25,6 +25,7 @@
 #include "diffuse/models/layers.hpp"
 #include "diffuse/models/normalization.hpp"
 #include "diffuse/models/qwenimage_blocks.hpp"
+#include "diffuse/models/qwenimage_call_tables.hpp"
 #include "diffuse/models/qwenimage_rope.hpp"
 #include "diffuse/models/qwenimage_transformer_config.hpp"
 #include "diffuse/parallel/context_parallel_config.hpp"
@@ -41,7 +42,8 @@ struct QwenImageTransformerInputs {
   at::Tensor hidden_states;          // [batch, image_seq, in_channels], packed latents
   at::Tensor encoder_hidden_states;  // [batch, text_seq, joint_attention_dim], the prompt embeddings
   // [batch, text_seq]: nonzero (true) for real text tokens, zero for padding, any pattern; undefined
-  // when every token is real (diffusers' pipeline passes None then).
+  // when every token is real (diffusers' pipeline passes None then). On any device; it is read on the
+  // host, so one on the CPU costs no synchronization (and keeps the call capturable in a CUDA graph).
   at::Tensor encoder_hidden_states_mask;
   // [batch], the scheduler's timestep / 1000 (the model's sinusoids scale it back by 1000). As in
   // diffusers it is first cast to the compute dtype.
@@ -70,6 +72,14 @@ class QwenImageTransformer2DModelImpl : public torch::nn::Module, public Placeab
                      const std::vector<std::vector<QwenImageShape>>& img_shapes);
 
   const QwenImageTransformerConfig& config() const { return config_; }
+
+  // What forward derives from the inputs' shapes and text mask (qwenimage_call_tables.hpp): the rotary
+  // rows and the key padding, made on the first call with these image shapes, text length, device,
+  // mask values and context-parallel shard, then kept on the model (the last few of each), so that a
+  // later such call does no host work that reaches the device and can be captured in a CUDA graph.
+  // Whoever keeps a graph over forward holds what this returns for the graph's inputs while the graph
+  // lives (the model's cache may drop them). Throws as forward does for inputs that do not fit.
+  QwenImageCallTables call_tables(const QwenImageTransformerInputs& inputs);
 
   // Placement (placement/placeable_model.hpp).
   std::vector<std::string> unit_containers() const override;
@@ -102,6 +112,8 @@ class QwenImageTransformer2DModelImpl : public torch::nn::Module, public Placeab
 
  private:
   void check_inputs(const QwenImageTransformerInputs& inputs) const;
+  // call_tables on checked inputs.
+  QwenImageCallTables tables_for(const QwenImageTransformerInputs& inputs);
   // forward on whatever tokens it is given (all of them, or this rank's shard), with their rotary rows.
   at::Tensor forward_tokens(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
                             const at::Tensor& timestep, const RotaryEmbedding& rotary);
@@ -109,6 +121,7 @@ class QwenImageTransformer2DModelImpl : public torch::nn::Module, public Placeab
   // Shared by every block's attention.
   std::shared_ptr<AttentionSettings> attention_ = std::make_shared<AttentionSettings>();
   std::shared_ptr<const ContextParallelMesh> mesh_;
+  QwenImageCallTableCache call_tables_;
 };
 TORCH_MODULE(QwenImageTransformer2DModel);
 
