@@ -16,6 +16,7 @@
 #include "diffuse/io/json_config.hpp"
 #include "diffuse/models/autoencoder_kl.hpp"
 #include "diffuse/models/clip_text_model.hpp"
+#include "diffuse/models/feed_forward.hpp"
 #include "diffuse/models/resnet.hpp"
 #include "diffuse/models/sampling.hpp"
 #include "diffuse/models/unet_2d_condition.hpp"
@@ -516,7 +517,12 @@ TEST(SharedBlocks, GroupNormOnChannelsLastMapsMatchesFloat32) {
       EXPECT_TENSORS_CLOSE(out.to(at::kFloat), expected, tolerance) << what;
       const at::Tensor activated = norm->forward_then(x, "silu");
       EXPECT_TENSORS_CLOSE(activated.to(at::kFloat), at::silu(out.to(at::kFloat)), tolerance) << what;
-      if (device.is_cuda()) {
+      // With a per-(image, channel) bias added first (a resnet's time embedding): as the separate add.
+      const at::Tensor time = at::randn({s.batch, s.channels}).to(options);
+      const at::Tensor shifted = x + time.unsqueeze(-1).unsqueeze(-1);
+      EXPECT_TRUE(at::equal(norm->forward_then(x, "silu", time), norm->forward_then(shifted, "silu"))) << what;
+      const bool kernel_width = (s.channels / s.groups) % 2 == 0;  // else at::group_norm (NCHW out)
+      if (device.is_cuda() && kernel_width) {
         EXPECT_TRUE(out.is_contiguous(at::MemoryFormat::ChannelsLast)) << what;
         EXPECT_TRUE(activated.is_contiguous(at::MemoryFormat::ChannelsLast)) << what;
         EXPECT_TRUE(at::equal(norm(x), out)) << what << ": not deterministic";
@@ -526,6 +532,24 @@ TEST(SharedBlocks, GroupNormOnChannelsLastMapsMatchesFloat32) {
         const at::Tensor own = at::group_norm(x.contiguous(), s.groups, norm->weight, norm->bias, 1e-5);
         EXPECT_TENSORS_CLOSE(out.to(at::kFloat), own.to(at::kFloat), tolerance) << what;
       }
+    }
+  }
+}
+
+// GEGLU's gate (SD's feed-forward): on CUDA in half precision one kernel, with the same values as the
+// two separate operations.
+TEST(SharedBlocks, GegluGateGivesTheValuesOfTheSeparateSteps) {
+  at::NoGradGuard no_grad;
+  const c10::Device device = test::test_device();
+  for (const at::ScalarType dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+    if (dtype != at::kFloat && device.is_cpu()) continue;
+    for (const int64_t dim : {40, 6}) {  // 8-wide loads and 2-wide ones
+      FeedForward ff(dim, dim, 4, at::TensorOptions().dtype(dtype).device(device), "geglu");
+      init_random_parameters(*ff, 1);
+      const at::Tensor x = at::randn({2, 7, dim}).to(device, dtype);
+      const auto halves = ff->proj_in(x).chunk(2, -1);
+      const at::Tensor expected = ff->proj_out(halves[0] * at::gelu(halves[1]));
+      EXPECT_TRUE(at::equal(ff(x), expected)) << c10::toString(dtype) << " dim " << dim;
     }
   }
 }

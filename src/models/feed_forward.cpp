@@ -4,7 +4,41 @@
 
 #include "diffuse/error.hpp"
 
+#if DIFFUSE_HAS_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/geglu.hpp"
+#endif
+
 namespace diffuse {
+namespace {
+
+// halves[0] * gelu(halves[1]) of `projection` [..., 2 * width] in one CUDA kernel (src/kernels/geglu.cu,
+// the same roundings); an undefined tensor where the kernel does not take it (CPU, float32, odd width).
+at::Tensor fused_geglu(const at::Tensor& projection) {
+#if DIFFUSE_HAS_CUDA_KERNELS
+  const int64_t width = projection.size(-1) / 2;
+  if (!projection.is_cuda() || !projection.is_contiguous() || projection.size(-1) % 2 != 0 ||
+      !(projection.scalar_type() == at::kHalf || projection.scalar_type() == at::kBFloat16) ||
+      !kernels::geglu_supports(width) || reinterpret_cast<uintptr_t>(projection.data_ptr()) % 4 != 0)
+    return {};
+  const c10::cuda::CUDAGuard guard(projection.device());
+  std::vector<int64_t> shape = projection.sizes().vec();
+  shape.back() = width;
+  at::Tensor out = at::empty(shape, projection.options());
+  const kernels::GegluArgs args{projection.data_ptr(), out.data_ptr(), projection.numel() / (2 * width), width,
+                                projection.scalar_type() == at::kHalf};
+  const int status = kernels::geglu(args, at::cuda::getCurrentCUDAStream(projection.device().index()).stream());
+  if (status != 0) throw Error("GEGLU: the CUDA kernel failed to launch (error " + std::to_string(status) + ")");
+  return out;
+#else
+  (void)projection;
+  return {};
+#endif
+}
+
+}  // namespace
 
 FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t mult, const at::TensorOptions& options,
                                  const std::string& activation_fn)
@@ -28,7 +62,9 @@ at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
   if (activation_fn_ == "gelu-approximate") return proj_out(linear_gelu_tanh(*proj_in, x));
   if (activation_fn_ == "gelu") return proj_out(at::gelu(proj_in(x)));
   // GEGLU: the first half of the projection, gated by the exact GELU of the second half.
-  const auto halves = proj_in(x).chunk(2, /*dim=*/-1);
+  const at::Tensor projection = proj_in(x);
+  if (const at::Tensor gated = fused_geglu(projection); gated.defined()) return proj_out(gated);
+  const auto halves = projection.chunk(2, /*dim=*/-1);
   return proj_out(halves[0] * at::gelu(halves[1]));
 }
 

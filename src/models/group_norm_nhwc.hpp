@@ -14,11 +14,14 @@ class GroupNormImpl;
 // float16. Models keep their activations channels-last on such devices only when this holds.
 bool channels_last_group_norm_available(const at::Tensor& x);
 
-// Whether `norm` can run `x` through the kernels: the above, x 4-D and channels-last contiguous, an
-// affine norm in x's dtype, channels per group even, at most 2048 channels.
+// Whether `norm` can run `x` through the kernels: the above, x 4-D, channels-last contiguous and
+// 16-byte aligned, an affine norm in x's dtype, channels per group even (kernels/group_norm_nhwc.hpp
+// says how many channels fit).
 bool fused_group_norm_available(const at::Tensor& x, const GroupNormImpl& norm);
 
-// norm(x), then SiLU when `silu`; channels-last in and out. Throws diffuse::Error where not available.
-at::Tensor fused_group_norm(const at::Tensor& x, const GroupNormImpl& norm, bool silu);
+// norm(x + x_bias[:, :, None, None]), then SiLU when `silu`; channels-last in and out. `x_bias`
+// (optional) is [batch, channels] in x's dtype, added with the rounding of a separate add. Throws
+// diffuse::Error where not available.
+at::Tensor fused_group_norm(const at::Tensor& x, const GroupNormImpl& norm, bool silu, const at::Tensor& x_bias = {});
 
 }  // namespace diffuse

@@ -93,10 +93,15 @@ at::Tensor GroupNormImpl::forward(const at::Tensor& input) {
   return at::group_norm(input, num_groups, weight, bias, eps);
 }
 
-at::Tensor GroupNormImpl::forward_then(const at::Tensor& input, const std::string& activation_name) {
-  if ((activation_name == "silu" || activation_name == "swish") && fused_group_norm_available(input, *this))
-    return fused_group_norm(input, *this, /*silu=*/true);
-  return activation(forward(input), activation_name);
+at::Tensor GroupNormImpl::forward_then(const at::Tensor& input, const std::string& activation_name,
+                                       const at::Tensor& input_bias) {
+  const bool bias_fits = !input_bias.defined() || (input_bias.dim() == 2 && input_bias.size(0) == input.size(0) &&
+                                                   input_bias.size(1) == input.size(1) &&
+                                                   input_bias.scalar_type() == input.scalar_type());
+  if ((activation_name == "silu" || activation_name == "swish") && bias_fits && fused_group_norm_available(input, *this))
+    return fused_group_norm(input, *this, /*silu=*/true, input_bias);
+  const at::Tensor x = input_bias.defined() ? input + input_bias.unsqueeze(-1).unsqueeze(-1) : input;
+  return activation(forward(x), activation_name);
 }
 
 Conv2dImpl::Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride_,

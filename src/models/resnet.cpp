@@ -30,11 +30,9 @@ at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& input, const at::Tensor&
     throw Error(time_emb_proj.is_empty() ? "ResnetBlock2D: a time embedding was given to a block without one"
                                          : "ResnetBlock2D: this block needs a time embedding (temb)");
   at::Tensor hidden = conv1(norm1->forward_then(input, act));
-  if (temb.defined()) {
-    // [B, out] -> [B, out, 1, 1], broadcast over every position.
-    hidden = hidden + time_emb_proj(activation(temb, act)).unsqueeze(-1).unsqueeze(-1);
-  }
-  hidden = conv2(norm2->forward_then(hidden, act));  // dropout is the identity at inference
+  // The time embedding [B, out] is added at every position before norm2 (inside its kernel on CUDA).
+  const at::Tensor time = temb.defined() ? time_emb_proj(activation(temb, act)) : at::Tensor();
+  hidden = conv2(norm2->forward_then(hidden, act, time));  // dropout is the identity at inference
   const at::Tensor shortcut = conv_shortcut ? conv_shortcut(input) : input;
   at::Tensor output = shortcut + hidden;
   // diffusers divides even by 1; skipping that is exact.

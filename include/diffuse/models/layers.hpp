@@ -51,9 +51,11 @@ class GroupNormImpl : public torch::nn::Module {
   GroupNormImpl(int64_t num_groups, int64_t num_channels, double eps, bool affine, const at::TensorOptions& options);
   // Keeps a channels-last input channels-last (own CUDA kernels for bfloat16/float16).
   at::Tensor forward(const at::Tensor& input);
-  // activation(forward(input)) by name (layers' activation()); "silu" on channels-last CUDA input is
-  // one fused pass with the same roundings as the two steps.
-  at::Tensor forward_then(const at::Tensor& input, const std::string& activation_name);
+  // activation(forward(input + input_bias[:, :, None, None])) by name (layers' activation());
+  // `input_bias` is optional, [batch, channels]. "silu" on channels-last CUDA input is one fused pass
+  // with the same roundings as the separate steps.
+  at::Tensor forward_then(const at::Tensor& input, const std::string& activation_name,
+                          const at::Tensor& input_bias = {});
   int64_t num_groups;
   double eps;
   at::Tensor weight, bias;
