@@ -23,28 +23,32 @@ bool channels_last_group_norm_available(const at::Tensor& x) {
 #endif
 }
 
-bool fused_group_norm_available(const at::Tensor& x, const GroupNormImpl& norm) {
+at::Tensor channels_last_where_fused(const at::Tensor& x) {
+  return channels_last_group_norm_available(x) ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
+}
+
+bool fused_group_norm_available(const at::Tensor& x, const GroupNormImpl& norm, const at::Tensor& x_bias) {
 #if DIFFUSE_HAS_CUDA_KERNELS
-  return channels_last_group_norm_available(x) && x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+  const bool bias_fits = !x_bias.defined() || (x_bias.dim() == 2 && x.dim() >= 2 && x_bias.size(0) == x.size(0) &&
+                                               x_bias.size(1) == x.size(1) && x_bias.scalar_type() == x.scalar_type() &&
+                                               x_bias.device() == x.device());
+  return bias_fits && channels_last_group_norm_available(x) && x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
          norm.weight.defined() && norm.bias.defined() && norm.weight.scalar_type() == x.scalar_type() &&
          norm.bias.scalar_type() == x.scalar_type() && norm.weight.is_contiguous() && norm.bias.is_contiguous() &&
          norm.weight.device() == x.device() && norm.bias.device() == x.device() &&
          reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && kernels::group_norm_nhwc_supports(x.size(1), norm.num_groups);
 #else
-  (void)x, (void)norm;
+  (void)x, (void)norm, (void)x_bias;
   return false;
 #endif
 }
 
 at::Tensor fused_group_norm(const at::Tensor& x, const GroupNormImpl& norm, bool silu, const at::Tensor& x_bias) {
-  if (!fused_group_norm_available(x, norm))
-    throw Error("fused_group_norm: input " + c10::str(x.sizes()) + " (" + c10::toString(x.scalar_type()) +
-                ") or its norm does not fit the channels-last kernel");
+  if (!fused_group_norm_available(x, norm, x_bias))
+    throw Error("fused_group_norm: input " + c10::str(x.sizes()) + " (" + c10::toString(x.scalar_type()) + ")" +
+                (x_bias.defined() ? ", x_bias " + c10::str(x_bias.sizes()) : std::string()) +
+                " or its norm does not fit the channels-last kernel");
   const at::Tensor bias = x_bias.defined() ? x_bias.contiguous() : x_bias;
-  if (bias.defined() && (bias.dim() != 2 || bias.size(0) != x.size(0) || bias.size(1) != x.size(1) ||
-                         bias.scalar_type() != x.scalar_type() || bias.device() != x.device()))
-    throw Error("fused_group_norm: x_bias must be [" + std::to_string(x.size(0)) + ", " + std::to_string(x.size(1)) +
-                "] in the input's dtype and device, got " + c10::str(bias.sizes()));
 #if DIFFUSE_HAS_CUDA_KERNELS
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t batch = x.size(0), channels = x.size(1), positions = x.size(2) * x.size(3);

@@ -14,10 +14,15 @@ class GroupNormImpl;
 // float16. Models keep their activations channels-last on such devices only when this holds.
 bool channels_last_group_norm_available(const at::Tensor& x);
 
-// Whether `norm` can run `x` through the kernels: the above, x 4-D, channels-last contiguous and
-// 16-byte aligned, an affine norm in x's dtype, channels per group even (kernels/group_norm_nhwc.hpp
-// says how many channels fit).
-bool fused_group_norm_available(const at::Tensor& x, const GroupNormImpl& norm);
+// `x` channels-last where the kernels take it (the above), else `x` itself: how a model enters its
+// channels-last maps.
+at::Tensor channels_last_where_fused(const at::Tensor& x);
+
+// Whether `norm` can run `x` (and the optional `x_bias`) through the kernels: the above, x 4-D,
+// channels-last contiguous and 16-byte aligned, an affine norm in x's dtype, channels per group even
+// (kernels/group_norm_nhwc.hpp says how many channels fit), x_bias [batch, channels] in x's dtype and
+// device.
+bool fused_group_norm_available(const at::Tensor& x, const GroupNormImpl& norm, const at::Tensor& x_bias = {});
 
 // norm(x + x_bias[:, :, None, None]), then SiLU when `silu`; channels-last in and out. `x_bias`
 // (optional) is [batch, channels] in x's dtype, added with the rounding of a separate add. Throws

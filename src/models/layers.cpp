@@ -95,10 +95,7 @@ at::Tensor GroupNormImpl::forward(const at::Tensor& input) {
 
 at::Tensor GroupNormImpl::forward_then(const at::Tensor& input, const std::string& activation_name,
                                        const at::Tensor& input_bias) {
-  const bool bias_fits = !input_bias.defined() || (input_bias.dim() == 2 && input_bias.size(0) == input.size(0) &&
-                                                   input_bias.size(1) == input.size(1) &&
-                                                   input_bias.scalar_type() == input.scalar_type());
-  if ((activation_name == "silu" || activation_name == "swish") && bias_fits && fused_group_norm_available(input, *this))
+  if ((activation_name == "silu" || activation_name == "swish") && fused_group_norm_available(input, *this, input_bias))
     return fused_group_norm(input, *this, /*silu=*/true, input_bias);
   const at::Tensor x = input_bias.defined() ? input + input_bias.unsqueeze(-1).unsqueeze(-1) : input;
   return activation(forward(x), activation_name);

@@ -135,8 +135,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
   // On CUDA in half precision the maps stay channels-last from conv_in to conv_out: cuDNN's NHWC
   // convolutions are the fast ones there, and our GroupNorm kernels keep that layout (PyTorch's would
   // copy to NCHW and back at every norm).
-  const bool channels_last = channels_last_group_norm_available(x);
-  if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  x = channels_last_where_fused(x);
 
   // 1. time: the sinusoids in float32 (time_proj has no weights), then the MLP in the model's dtype.
   at::Tensor timesteps = timestep.dim() == 0 ? timestep.reshape({1}) : timestep;
@@ -185,7 +184,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
   // 5. out
   x = run_unit(*conv_norm_out, [this](const at::Tensor& h) { return conv_norm_out->forward_then(h, config_.act_fn); }, x);
   x = forward_unit(*conv_out, x);
-  return channels_last ? x.contiguous() : x;  // callers get the usual layout
+  return x.contiguous();  // callers get the usual layout (a no-op where it already is)
 }
 
 void UNet2DConditionModelImpl::set_attention_backend(AttentionBackend backend) {

@@ -119,13 +119,12 @@ EncoderImpl::EncoderImpl(const AutoencoderKLConfig& config, const at::TensorOpti
 // On CUDA in half precision the maps stay channels-last inside (as in the UNet: cuDNN's NHWC
 // convolutions, our GroupNorm kernels); callers get NCHW-contiguous tensors back.
 at::Tensor EncoderImpl::forward(const at::Tensor& images) {
-  const bool channels_last = channels_last_group_norm_available(images);
-  at::Tensor hidden = forward_unit(*conv_in, channels_last ? images.contiguous(at::MemoryFormat::ChannelsLast) : images);
+  at::Tensor hidden = forward_unit(*conv_in, channels_last_where_fused(images));
   for (const auto& block : *down_blocks) hidden = forward_unit(*block->as<DownEncoderBlock2DImpl>(), hidden);
   hidden = forward_unit(*mid_block, hidden);
   hidden = run_unit(*conv_norm_out, [this](const at::Tensor& x) { return conv_norm_out->forward_then(x, "silu"); }, hidden);
   hidden = forward_unit(*conv_out, hidden);
-  return channels_last ? hidden.contiguous() : hidden;
+  return hidden.contiguous();  // a no-op where it already is
 }
 
 DecoderImpl::DecoderImpl(const AutoencoderKLConfig& config, const at::TensorOptions& options) {
@@ -152,13 +151,12 @@ DecoderImpl::DecoderImpl(const AutoencoderKLConfig& config, const at::TensorOpti
 }
 
 at::Tensor DecoderImpl::forward(const at::Tensor& latents) {
-  const bool channels_last = channels_last_group_norm_available(latents);
-  at::Tensor hidden = forward_unit(*conv_in, channels_last ? latents.contiguous(at::MemoryFormat::ChannelsLast) : latents);
+  at::Tensor hidden = forward_unit(*conv_in, channels_last_where_fused(latents));
   hidden = forward_unit(*mid_block, hidden);
   for (const auto& block : *up_blocks) hidden = forward_unit(*block->as<UpDecoderBlock2DImpl>(), hidden);
   hidden = run_unit(*conv_norm_out, [this](const at::Tensor& x) { return conv_norm_out->forward_then(x, "silu"); }, hidden);
   hidden = forward_unit(*conv_out, hidden);
-  return channels_last ? hidden.contiguous() : hidden;
+  return hidden.contiguous();  // a no-op where it already is
 }
 
 }  // namespace diffuse::vae
