@@ -365,6 +365,7 @@ struct Run {
   int world_size = 1;
   int64_t ring_degree = 1, ulysses_degree = 1;
   int64_t parameters = 0;
+  bool cuda_graphs = false;  // calls replayed from a CUDA graph
   std::vector<Result> results;
 };
 
@@ -403,6 +404,7 @@ std::string to_json(const Run& run) {
       << ",\n  \"ring_degree\": " << run.ring_degree << ",\n  \"ulysses_degree\": " << run.ulysses_degree
       << ",\n  \"device\": " << json_string(run.device) << ",\n  \"dtype\": " << json_string(run.dtype)
       << ",\n  \"shape\": " << json_string(run.shape) << ",\n  \"parameters\": " << run.parameters
+      << ",\n  \"cuda_graphs\": " << (run.cuda_graphs ? "true" : "false")
       << ",\n  \"libtorch\": " << json_string(TORCH_VERSION) << ",\n  \"results\": [";
   for (size_t i = 0; i < run.results.size(); ++i) {
     const Result& r = run.results[i];
@@ -527,6 +529,7 @@ int run(const Arguments& args) {
   run.world_size = dist.world_size();
   run.ring_degree = args.ring_degree;
   run.ulysses_degree = args.ulysses_degree;
+  run.cuda_graphs = args.cuda_graphs && world == nullptr && device.is_cuda() && diffuse::CudaGraphCall::supported();
   for (const auto& p : model->parameters()) run.parameters += p.numel();
 
   if (main_rank) {

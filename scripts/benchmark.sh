@@ -4,7 +4,11 @@
 # context-parallel mode over all the GPUs present at 1024, 2048 and 4096 (one process per GPU through
 # diffuse-launch): 2 GPUs: ulysses 2, ring 2; 4: ulysses 4, ring 4, unified 2x2; 8: ulysses 8,
 # ring 8, unified 2x4 and 4x2 (ring x ulysses). One JSON per mode in OUTDIR, a log per mode in
-# OUTDIR/logs, then OUTDIR/benchmarks.png and OUTDIR/table.md beside diffusers' numbers.
+# OUTDIR/logs, then OUTDIR/benchmarks.png and OUTDIR/table.md beside diffusers' numbers. One GPU runs
+# twice: calls launched kernel by kernel, and replayed from a CUDA graph as the pipelines run them.
+# With DIFFUSE_BENCH_DIFFUSERS=DIR (diffusers' src/, for a python3 with torch), diffusers' transformer
+# is timed on the same one-GPU sizes in the same run (scripts/diffusers_transformer_step.py: eager,
+# eager with cuDNN attention, compile_repeated_blocks + cuDNN) and the table compares with those.
 #
 #   scripts/benchmark.sh OUTDIR [BUILD_DIR]      (BUILD_DIR: default build-gpu if it exists, else build)
 #
@@ -89,7 +93,22 @@ echo "benchmark: $gpus GPU(s), shape $shape, results in $out"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/  /'
 
 # One GPU (4096 would take minutes per call there; diffusers' table leaves it out too).
-[ "$single_sizes" != none ] && run single 1 "$single_sizes"
+if [ "$single_sizes" != none ]; then
+  run single 1 "$single_sizes"
+  [ "${DIFFUSE_BENCH_DEVICE:-}" = cpu ] || run single_graph 1 "$single_sizes" --cuda-graphs
+fi
+diffusers_args=()
+if [ -n "${DIFFUSE_BENCH_DIFFUSERS:-}" ] && [ "$single_sizes" != none ]; then
+  echo "== diffusers (${DIFFUSE_BENCH_DIFFUSERS})"
+  start=$SECONDS
+  PYTHONPATH="$DIFFUSE_BENCH_DIFFUSERS${PYTHONPATH:+:$PYTHONPATH}" timeout --kill-after=30 "$per_mode_timeout" \
+    python3 scripts/diffusers_transformer_step.py --family flux --resolutions "$single_sizes" \
+      --modes eager,eager_cudnn,compiled --json "$out/diffusers.json" 2>&1 | tee "$out/logs/diffusers.log"
+  status=${PIPESTATUS[0]}
+  echo "== diffusers: exit $status after $((SECONDS - start)) s"
+  [ "$status" -eq 0 ] || failed+=(diffusers)
+  [ -f "$out/diffusers.json" ] && diffusers_args=(--diffusers "$out/diffusers.json")
+fi
 
 case $gpus in
   1) ;;
@@ -109,7 +128,8 @@ fi
 
 echo "== plot and table"
 if [ ${#written[@]} -gt 0 ]; then
-  python3 scripts/plot_benchmarks.py --png "$out/benchmarks.png" --table "$out/table.md" "${written[@]}" || failed+=(plot)
+  python3 scripts/plot_benchmarks.py --png "$out/benchmarks.png" --table "$out/table.md" "${written[@]}" \
+    "${diffusers_args[@]}" || failed+=(plot)
 else
   failed+=(plot)
 fi

@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Plots and tabulates flux_transformer_step's JSON files beside diffusers' numbers and our targets.
 
-    python3 scripts/plot_benchmarks.py --png OUT/benchmarks.png --table OUT/table.md OUT/*.json
+    python3 scripts/plot_benchmarks.py --png OUT/benchmarks.png --table OUT/table.md OUT/*.json \
+        [--diffusers OUT/diffusers.json]
 
 The PNG has one panel per resolution: ms per transformer call for each mode (ours, diffusers' beside
 it where there is a number, the target as a red line). The markdown table (printed, and written with
---table) has ours, diffusers' and the target per row. matplotlib is needed for the PNG only.
+--table) has ours, diffusers' and the target per row. With --diffusers (the JSON of
+scripts/diffusers_transformer_step.py --family flux, measured in the same run), the one-GPU rows compare
+with its compiled number instead of the published one, and a second table puts every one-GPU row of
+both programs side by side per size. matplotlib is needed for the PNG only.
 """
 
 import argparse
@@ -14,7 +18,7 @@ import sys
 from pathlib import Path
 
 # diffusers: ms per transformer call, FLUX.1-dev shape, random bf16 weights, batch 1, 512 text tokens,
-# on H200s. Keys: (GPUs, mode label) -> {side in pixels: ms}.
+# on H200s (eager; the published numbers). Keys: (GPUs, mode label) -> {side in pixels: ms}.
 DIFFUSERS = {
     (1, "1 GPU"): {1024: 175, 2048: 857},
     (4, "ulysses 4"): {1024: 125, 2048: 256, 4096: 1931},
@@ -25,7 +29,8 @@ DIFFUSERS_DEVICE = "H200"
 
 # Our targets, same keys.
 TARGETS = {
-    (1, "1 GPU"): {1024: 140, 2048: 700},
+    (1, "1 GPU"): {1024: 112, 2048: 640},
+    (1, "1 GPU, CUDA graph"): {1024: 112, 2048: 640},
     (4, "ulysses 4"): {1024: 60, 2048: 220, 4096: 1600},
     (4, "ring 4"): {1024: 75, 2048: 220, 4096: 1600},
     (4, "unified 2x2"): {1024: 70, 2048: 220, 4096: 1600},
@@ -33,8 +38,10 @@ TARGETS = {
 
 
 def mode_label(run):
-    """"1 GPU", "ulysses 4", "ring 4", "unified 2x2" (ring x ulysses)."""
+    """"1 GPU", "1 GPU, CUDA graph", "ulysses 4", "ring 4", "unified 2x2" (ring x ulysses)."""
     ring, ulysses = run.get("ring_degree", 1), run.get("ulysses_degree", 1)
+    if run.get("cuda_graphs"):
+        return "1 GPU, CUDA graph"
     if ring > 1 and ulysses > 1:
         return f"unified {ring}x{ulysses}"
     if ring > 1:
@@ -46,6 +53,39 @@ def mode_label(run):
 
 def size_label(height, width):
     return f"{height}x{width}"
+
+
+def load_diffusers(path):
+    """diffusers_transformer_step.py's JSON: {mode: {side: median ms}} for the FLUX rows without errors."""
+    measured = {}
+    for row in json.loads(Path(path).read_text()):
+        if row.get("family", "flux") == "flux" and "median_ms" in row and row.get("text_tokens") == 512:
+            measured.setdefault(row["mode"], {})[row["resolution"]] = row["median_ms"]
+    return measured
+
+
+def same_run_table(rows, measured):
+    """One row per size: every one-GPU mode of ours and of diffusers, measured in one run."""
+    ours_modes = sorted({row["mode"] for row in rows if row["gpus"] == 1})
+    theirs = [mode for mode in ("eager", "eager_cudnn", "compiled") if mode in measured]
+    names = {"eager": "diffusers eager", "eager_cudnn": "diffusers eager, cuDNN attention",
+             "compiled": "diffusers compile_repeated_blocks + cuDNN"}
+    header = ["size"] + [f"diffuse, {mode}" for mode in ours_modes] + [names[m] for m in theirs]
+    header += ["target", "best diffuse vs compiled"]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for size in sorted({(row["pixels"], row["size"]) for row in rows if row["gpus"] == 1}):
+        here = {row["mode"]: row for row in rows if row["gpus"] == 1 and row["size"] == size[1]}
+        side = int(size[1].split("x")[0]) if size[1].split("x")[0] == size[1].split("x")[1] else None
+        ours = [here[m]["ours"] if m in here else None for m in ours_modes]
+        diff = [measured[m].get(side) for m in theirs]
+        targets = [here[m]["target"] for m in ours_modes if m in here and here[m]["target"]]
+        best = min((v for v in ours if v), default=None)
+        compiled = measured.get("compiled", {}).get(side)
+        ratio = f"{compiled / best:.2f}x faster" if best and compiled else ""
+        cells = [size[1]] + [f"{v:.1f}" if v else "" for v in ours + diff]
+        cells += [str(targets[0]) if targets else "", ratio]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def load_rows(paths):
@@ -85,7 +125,7 @@ def load_rows(paths):
     return rows
 
 
-def markdown_table(rows):
+def markdown_table(rows, diffusers_note=None):
     lines = [
         "| GPUs | mode | size | ours, median ms | ours, min ms | diffusers ms | target ms | vs diffusers "
         "| effective TFLOP/s | peak GiB (largest rank) | target |",
@@ -106,7 +146,8 @@ def markdown_table(rows):
     devices = sorted({row["device"] for row in rows})
     shapes = sorted({row["shape"] for row in rows})
     lines.append("")
-    lines.append(f"Ours: {', '.join(devices)} ({', '.join(shapes)}); diffusers: {DIFFUSERS_DEVICE}. "
+    diffusers_note = diffusers_note or f"diffusers: {DIFFUSERS_DEVICE}, eager (published)"
+    lines.append(f"Ours: {', '.join(devices)} ({', '.join(shapes)}); {diffusers_note}. "
                  "ms per transformer call, batch 1, 512 text tokens; median and minimum over the timed steps "
                  "(each step as long as its slowest rank).")
     return "\n".join(lines) + "\n"
@@ -172,12 +213,22 @@ def main():
     parser.add_argument("json", nargs="+", help="flux_transformer_step --json files")
     parser.add_argument("--png", help="write the plot here")
     parser.add_argument("--table", help="write the markdown table here")
+    parser.add_argument("--diffusers", help="scripts/diffusers_transformer_step.py --family flux --json "
+                        "output from the same run")
     args = parser.parse_args()
     rows = load_rows(args.json)
     if not rows:
         print("plot_benchmarks: no results in the files given", file=sys.stderr)
         return 1
-    table = markdown_table(rows)
+    if args.diffusers:
+        measured = load_diffusers(args.diffusers)
+        # The one-GPU rows compare with diffusers compiled in the same run, not the published eager numbers.
+        for row in rows:
+            if row["gpus"] == 1 and row["size"].split("x")[0] == row["size"].split("x")[1]:
+                row["diffusers"] = measured.get("compiled", {}).get(int(row["size"].split("x")[0]), row["diffusers"])
+    table = markdown_table(rows, "diffusers: one-GPU rows compiled, in this run" if args.diffusers else None)
+    if args.diffusers:
+        table += "\nOne GPU, ms per call (median), both programs in this run:\n\n" + same_run_table(rows, measured)
     print(table)
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
