@@ -1,9 +1,10 @@
 // qwenimage_transformer_step: how long one call of the Qwen-Image transformer takes on one device, at
 // a list of image sizes. The model is built with random weights where it runs (no files), so the real
-// 20B shape needs nothing but the GPU. scripts/diffusers_qwenimage_step.py times diffusers' model on the
-// same inputs; scripts/benchmark_qwenimage.sh runs both and docs/benchmarks.md has the table.
+// 20B shape needs nothing but the GPU. `scripts/diffusers_transformer_step.py --family qwen-image`
+// times diffusers' model on the same inputs; docs/benchmarks.md has the table.
 //
 //   qwenimage_transformer_step --resolutions 1024,1328 --json diffuse.json
+//   qwenimage_transformer_step --resolutions 1024,1328 --cuda-graphs   (replayed, as the pipeline runs it)
 //   qwenimage_transformer_step --shape tiny --device cpu --resolutions 64 --steps 2 --warmup 1
 //
 // Each call is timed alone with CUDA events (the wall clock on the CPU) after a synchronize; the
@@ -33,6 +34,7 @@
 #include "diffuse/dtype.hpp"
 #include "diffuse/error.hpp"
 #include "diffuse/models/attention_backend.hpp"
+#include "diffuse/models/graph_call.hpp"
 #include "diffuse/models/qwenimage_transformer.hpp"
 #include "diffuse/pipelines/flux_latents.hpp"
 
@@ -49,6 +51,7 @@ struct Arguments {
   std::string attention_backend = "auto";
   std::string json;
   std::string trace;  // a folder: trace_SIZE.json per size
+  bool cuda_graphs = false;
 };
 
 diffuse::QwenImageTransformerConfig config_of(const Arguments& a) {
@@ -94,6 +97,9 @@ int main(int argc, char** argv) {
   diffuse::cli::add_text(app, "--json", a.json, "FILE", "write the results there");
   diffuse::cli::add_text(app, "--trace", a.trace, "DIR",
                          "also profile 2 calls per size into DIR/trace_SIZE.json (CUDA; scripts/trace_summary.py)");
+  app.add_flag("--cuda-graphs", a.cuda_graphs,
+               "CUDA: replay each call from a CUDA graph, as the pipeline runs the transformer\n"
+               "(models/graph_call.hpp), instead of launching its kernels one by one");
   diffuse::cli::parse(app, argc, argv);
   try {
     const c10::Device device(a.device);
@@ -115,7 +121,18 @@ int main(int argc, char** argv) {
       in.timestep = at::full({1}, 0.5, at::TensorOptions().dtype(dtype).device(device));
       in.img_shapes = {{diffuse::QwenImageShape{1, side, side}}};
       at::NoGradGuard no_grad;
-      const std::function<void()> call = [&] { model->forward(in); };
+      // Replayed calls read the latents and timestep from the graph's buffers, and the rotary rows and
+      // key padding of the first call, kept here while the graph lives.
+      const diffuse::QwenImageCallTables tables = model->call_tables(in);
+      diffuse::CudaGraphCall graph(
+          [&](const std::vector<at::Tensor>& inputs) {
+            diffuse::QwenImageTransformerInputs step = in;
+            step.hidden_states = inputs[0];
+            step.timestep = inputs[1];
+            return model->forward(step);
+          },
+          a.cuda_graphs);
+      const std::function<void()> call = [&] { graph({in.hidden_states, in.timestep}); };
       for (int64_t i = 0; i < a.warmup; ++i) diffuse::bench::time_call_ms(call, device);
 #if DIFFUSE_HAS_CUDA
       if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
@@ -131,14 +148,15 @@ int main(int argc, char** argv) {
       }
 #endif
       std::printf("diffuse qwen-image transformer %lldx%lld (%lld image + %lld text tokens, %lld blocks): min %.1f ms, "
-                  "median %.1f ms, peak %.2f GiB\n",
+                  "median %.1f ms, peak %.2f GiB%s\n",
                   static_cast<long long>(size), static_cast<long long>(size), static_cast<long long>(side * side),
                   static_cast<long long>(a.text_tokens), static_cast<long long>(c.num_layers), ms.front(),
-                  ms[ms.size() / 2], peak_gb);
+                  ms[ms.size() / 2], peak_gb, graph.replayed() ? " (replayed from a CUDA graph)" : "");
       results.push_back({{"resolution", size},
                          {"image_tokens", side * side},
                          {"text_tokens", a.text_tokens},
                          {"layers", c.num_layers},
+                         {"cuda_graphs", a.cuda_graphs && device.is_cuda() && diffuse::CudaGraphCall::supported()},
                          {"min_ms", ms.front()},
                          {"median_ms", ms[ms.size() / 2]},
                          {"peak_allocated_gib", peak_gb}});
