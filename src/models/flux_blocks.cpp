@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "diffuse/error.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
@@ -12,6 +13,40 @@ namespace {
 
 constexpr double kQkNormEps = 1e-6;
 constexpr double kBlockNormEps = 1e-6;
+
+// proj_out(cat(attention, mlp)) without building the concatenation (a [tokens, dim + mlp_dim] copy per
+// block): proj_out's weight W [dim, dim + mlp_dim] splits by columns into W[:, :a] for the attention
+// and W[:, a:] for the MLP, so the product is two GEMMs accumulating into one output. The column
+// slices are strided views (row stride dim + mlp_dim), and at::addmm hands those to cuBLAS (and the
+// CPU BLAS) in place: their transposes have strides (1, dim + mlp_dim), which prepare_matrix_for_cublas
+// takes as a column-major operand with that leading dimension (no copy, in libtorch 1.13 and 2.x).
+// In float32 this is the same sum split in two; in bfloat16 the first half is rounded once before the
+// second is added (one more rounding than the single product, the size of a bias add's).
+at::Tensor project_concatenation(const LinearImpl& proj_out, const at::Tensor& attention, const at::Tensor& mlp) {
+  const at::Tensor& w = proj_out.weight;
+  const int64_t a = attention.size(-1), m = mlp.size(-1);
+  const at::Tensor attention_rows = attention.reshape({-1, a}), mlp_rows = mlp.reshape({-1, m});
+  const at::Tensor w_attention = w.narrow(1, 0, a).t(), w_mlp = w.narrow(1, a, m).t();
+  at::Tensor out = proj_out.bias.defined() ? at::addmm(proj_out.bias, attention_rows, w_attention)
+                                           : at::mm(attention_rows, w_attention);
+  out.addmm_(mlp_rows, w_mlp);
+  std::vector<int64_t> shape = attention.sizes().vec();
+  shape.back() = w.size(0);
+  return out.view(shape);
+}
+
+// The joint [batch, text + image, dim] tensor that `text` and `image` are the two halves of, when
+// they are (the single blocks hand each other x.narrow views of one output); undefined otherwise.
+at::Tensor joint_sequence(const at::Tensor& text, const at::Tensor& image) {
+  if (!text.defined() || !image.defined() || !text.has_storage() || !image.has_storage() || text.dim() != 3 ||
+      image.dim() != 3 || text.scalar_type() != image.scalar_type() ||
+      text.storage().unsafeGetStorageImpl() != image.storage().unsafeGetStorageImpl() ||
+      text.size(0) != image.size(0) || text.size(2) != image.size(2) || text.strides() != image.strides() ||
+      text.storage_offset() + text.size(1) * text.stride(1) != image.storage_offset())
+    return at::Tensor();
+  return text.as_strided({text.size(0), text.size(1) + image.size(1), text.size(2)}, text.strides(),
+                         text.storage_offset());
+}
 
 }  // namespace
 
@@ -166,11 +201,15 @@ FluxBlockOutput FluxSingleTransformerBlockImpl::forward(const at::Tensor& hidden
                                                         const at::Tensor& encoder_hidden_states,
                                                         const at::Tensor& temb, const RotaryEmbedding& rotary) {
   const int64_t text_len = encoder_hidden_states.size(1);
-  at::Tensor residual = at::cat({encoder_hidden_states, hidden_states}, /*dim=*/1);
+  // Each block returns its two streams as views of one output, so from the second single block on
+  // they are already the concatenated sequence and need no copy (the first gets the dual blocks'
+  // separate tensors, as does a block whose inputs a device map moved).
+  at::Tensor residual = joint_sequence(encoder_hidden_states, hidden_states);
+  if (!residual.defined()) residual = at::cat({encoder_hidden_states, hidden_states}, /*dim=*/1);
   AdaLayerNormZeroSingleOutput normed = norm(residual, temb);
   at::Tensor mlp = linear_gelu_tanh(*proj_mlp, normed.hidden_states);
   at::Tensor attention = attn(normed.hidden_states, at::Tensor(), rotary).hidden_states;
-  at::Tensor x = at::addcmul(residual, normed.gate.unsqueeze(1), proj_out(at::cat({attention, mlp}, /*dim=*/2)));
+  at::Tensor x = at::addcmul(residual, normed.gate.unsqueeze(1), project_concatenation(*proj_out, attention, mlp));
   x = clip_float16(x);
   return {x.narrow(1, 0, text_len), x.narrow(1, text_len, x.size(1) - text_len)};
 }
