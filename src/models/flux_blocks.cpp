@@ -6,6 +6,7 @@
 
 #include "diffuse/error.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
+#include "models/joint_linear.hpp"
 #include "models/qk_norm_rope.hpp"
 
 namespace diffuse {
@@ -81,6 +82,22 @@ at::Tensor FluxAttentionImpl::split_heads(const at::Tensor& x, RMSNorm& norm) co
   return norm(x.view({x.size(0), x.size(1), heads, head_dim})).transpose(1, 2);
 }
 
+std::vector<at::Tensor> FluxAttentionImpl::project_qkv(const at::Tensor& x, Linear& q, Linear& k, Linear& v) {
+  return joint_linear_forward({q.get(), k.get(), v.get()}, x);
+}
+
+bool FluxAttentionImpl::fuse_qkv_projections() {
+  bool fused = fuse_linears({to_q.get(), to_k.get(), to_v.get()});
+  if (!add_q_proj.is_empty()) fused = fuse_linears({add_q_proj.get(), add_k_proj.get(), add_v_proj.get()}) && fused;
+  return fused;
+}
+
+bool FluxAttentionImpl::qkv_projections_fused() const {
+  bool fused = joint_linear({to_q.get(), to_k.get(), to_v.get()}).has_value();
+  if (!add_q_proj.is_empty()) fused = fused && joint_linear({add_q_proj.get(), add_k_proj.get(), add_v_proj.get()});
+  return fused;
+}
+
 at::Tensor FluxAttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   if (settings->mesh)
@@ -100,15 +117,17 @@ FluxAttentionOutput FluxAttentionImpl::forward(const at::Tensor& hidden_states,
                      : "FluxAttention: the single-stream attention takes no encoder_hidden_states");
   if (rotary.phasor.defined() && fused_qk_norm_rope_available(hidden_states, head_dim))
     return forward_fused(hidden_states, encoder_hidden_states, rotary);
-  at::Tensor q = split_heads(to_q(hidden_states), norm_q);
-  at::Tensor k = split_heads(to_k(hidden_states), norm_k);
-  at::Tensor v = to_v(hidden_states).view({hidden_states.size(0), hidden_states.size(1), heads, head_dim}).transpose(1, 2);
+  const std::vector<at::Tensor> image_qkv = project_qkv(hidden_states, to_q, to_k, to_v);
+  at::Tensor q = split_heads(image_qkv[0], norm_q);
+  at::Tensor k = split_heads(image_qkv[1], norm_k);
+  at::Tensor v = image_qkv[2].view({hidden_states.size(0), hidden_states.size(1), heads, head_dim}).transpose(1, 2);
   const int64_t text_len = dual ? encoder_hidden_states.size(1) : 0;
   if (dual) {
     const at::Tensor& e = encoder_hidden_states;
-    q = at::cat({split_heads(add_q_proj(e), norm_added_q), q}, /*dim=*/2);
-    k = at::cat({split_heads(add_k_proj(e), norm_added_k), k}, /*dim=*/2);
-    v = at::cat({add_v_proj(e).view({e.size(0), e.size(1), heads, head_dim}).transpose(1, 2), v}, /*dim=*/2);
+    const std::vector<at::Tensor> text_qkv = project_qkv(e, add_q_proj, add_k_proj, add_v_proj);
+    q = at::cat({split_heads(text_qkv[0], norm_added_q), q}, /*dim=*/2);
+    k = at::cat({split_heads(text_qkv[1], norm_added_k), k}, /*dim=*/2);
+    v = at::cat({text_qkv[2].view({e.size(0), e.size(1), heads, head_dim}).transpose(1, 2), v}, /*dim=*/2);
   }
   if (rotary.cos.size(0) != q.size(2))
     throw Error("FluxAttention: the rotary embedding has " + std::to_string(rotary.cos.size(0)) +
@@ -145,9 +164,12 @@ FluxAttentionOutput FluxAttentionImpl::forward_fused(const at::Tensor& hidden_st
                      RMSNorm& norm_k_, int64_t offset) {
     if (x.size(1) == 0) return;  // a rank's empty shard of this stream (context parallelism)
     const at::Tensor phasor = rotary.phasor.narrow(0, offset, x.size(1));
-    fused_qk_norm_rope(to_q_(x), *norm_q_, phasor, q, offset);
-    fused_qk_norm_rope(to_k_(x), *norm_k_, phasor, k, offset);
-    v.narrow(1, offset, x.size(1)).copy_(to_v_(x).view({batch, x.size(1), heads, head_dim}));
+    // Fused projections give column slices of one [batch, tokens, 3 * inner] output: the kernel reads
+    // rows at any token stride (channels contiguous), and v's copy into its buffer reads them in place.
+    const std::vector<at::Tensor> qkv = project_qkv(x, to_q_, to_k_, to_v_);
+    fused_qk_norm_rope(qkv[0], *norm_q_, phasor, q, offset);
+    fused_qk_norm_rope(qkv[1], *norm_k_, phasor, k, offset);
+    v.narrow(1, offset, x.size(1)).copy_(qkv[2].view({batch, x.size(1), heads, head_dim}));
   };
   if (dual) project(encoder_hidden_states, add_q_proj, add_k_proj, add_v_proj, norm_added_q, norm_added_k, 0);
   project(hidden_states, to_q, to_k, to_v, norm_q, norm_k, text_len);
