@@ -152,25 +152,27 @@ TEST(FluxTransformerFusedQkv, SameOutputsNamesAndValuesAndFallsBackWhenMoved) {
   EXPECT_TRUE(model->fuse_qkv_projections());  // already fused: nothing changes
   EXPECT_TRUE(attn.to_q->weight.is_alias_of(attn.to_v->weight));
 
+  // The same sums on the CPU; cuBLAS may pick another kernel (summation order) for the wider product.
+  const double tolerance = device.is_cuda() ? 1e-5 : 1e-6;
   const at::Tensor fused = model->forward(inputs);
   test::print_error("transformer: fused q/k/v vs three products", fused, plain);
-  EXPECT_TENSORS_CLOSE(fused, plain, 1e-6);
+  EXPECT_TENSORS_CLOSE(fused, plain, tolerance);
 
   // A parameter given other data, as weights.cpp and the offload hooks do: three products again.
   attn.to_k->weight.set_data(attn.to_k->weight.clone());
   EXPECT_FALSE(attn.qkv_projections_fused());
   EXPECT_FALSE(model->qkv_projections_fused());
   const at::Tensor fallback = model->forward(inputs);
-  EXPECT_TENSORS_CLOSE(fallback, plain, 1e-6);
+  EXPECT_TENSORS_CLOSE(fallback, plain, tolerance);
   // The whole model moved (every parameter set_data'd to a copy): none fused, same result.
   model->to(at::kDouble);
   model->to(at::kFloat);
   auto& single = *model->single_transformer_blocks[1]->as<FluxSingleTransformerBlockImpl>()->attn;
   EXPECT_FALSE(single.qkv_projections_fused());
-  EXPECT_TENSORS_CLOSE(model->forward(inputs), plain, 1e-6);
+  EXPECT_TENSORS_CLOSE(model->forward(inputs), plain, tolerance);
   // And fusing again works.
   EXPECT_TRUE(model->fuse_qkv_projections());
-  EXPECT_TENSORS_CLOSE(model->forward(inputs), plain, 1e-6);
+  EXPECT_TENSORS_CLOSE(model->forward(inputs), plain, tolerance);
 }
 
 // Layers that cannot share one storage are left alone.
