@@ -34,7 +34,7 @@ std::optional<JointLinear> joint_linear(const std::vector<const LinearImpl*>& la
   std::vector<at::Tensor> weights, biases;
   int64_t rows = 0;
   for (const LinearImpl* layer : layers) {
-    if (layer->weight.dim() != 2 || layer->weight.size(1) != layers.front()->weight.size(1) ||
+    if (!layer->weight.defined() || layer->weight.dim() != 2 || layer->weight.size(1) != layers.front()->weight.size(1) ||
         layer->bias.defined() != layers.front()->bias.defined())
       return std::nullopt;
     weights.push_back(layer->weight);
