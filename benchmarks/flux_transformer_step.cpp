@@ -83,6 +83,10 @@ after each resolution, so a run cut short keeps what it finished).
   --attention-backend NAME     auto, math, native, flash, efficient, cudnn (default auto)
   --cuda-graphs                one process on CUDA: replay each call from a CUDA graph (as the
                                pipelines do; models/graph_call.hpp) instead of launching its kernels
+                               one by one from the CPU (the default: eager calls)
+  --no-fuse-qkv                keep to_q/to_k/to_v as three GEMMs per stream. On CUDA the default fuses
+                               them into one (fuse_qkv_projections, as the pipeline does); elsewhere
+                               they are never fused
   --check                      with context parallelism: also run each size on every rank alone and
                                report the parallel output's relative error against it
   --trace DIR                  after timing, profile 2 more calls per resolution and write a Chrome
@@ -142,6 +146,7 @@ struct Arguments {
   std::string trace;  // folder for a profiler trace of each resolution (CUDA, libtorch 2.x)
   bool check = false;
   bool cuda_graphs = false;
+  bool fuse_qkv = true;  // on CUDA only, as FluxPipeline
 };
 
 Arguments parse(int argc, char** argv) {
@@ -188,6 +193,7 @@ Arguments parse(int argc, char** argv) {
     else if (flag == "--trace") a.trace = value();
     else if (flag == "--check") a.check = true;
     else if (flag == "--cuda-graphs") a.cuda_graphs = true;
+    else if (flag == "--no-fuse-qkv") a.fuse_qkv = false;
     else usage_error("unknown option '" + flag + "' (see --help)");
   }
   if (a.text_tokens < 1) usage_error("--text-tokens must be at least 1");
@@ -365,7 +371,7 @@ struct Run {
   int world_size = 1;
   int64_t ring_degree = 1, ulysses_degree = 1;
   int64_t parameters = 0;
-  bool cuda_graphs = false;  // calls replayed from a CUDA graph
+  bool cuda_graphs = false, fused_qkv = false;
   std::vector<Result> results;
 };
 
@@ -404,8 +410,9 @@ std::string to_json(const Run& run) {
       << ",\n  \"ring_degree\": " << run.ring_degree << ",\n  \"ulysses_degree\": " << run.ulysses_degree
       << ",\n  \"device\": " << json_string(run.device) << ",\n  \"dtype\": " << json_string(run.dtype)
       << ",\n  \"shape\": " << json_string(run.shape) << ",\n  \"parameters\": " << run.parameters
+      << ",\n  \"libtorch\": " << json_string(TORCH_VERSION)
       << ",\n  \"cuda_graphs\": " << (run.cuda_graphs ? "true" : "false")
-      << ",\n  \"libtorch\": " << json_string(TORCH_VERSION) << ",\n  \"results\": [";
+      << ",\n  \"fused_qkv\": " << (run.fused_qkv ? "true" : "false") << ",\n  \"results\": [";
   for (size_t i = 0; i < run.results.size(); ++i) {
     const Result& r = run.results[i];
     out << (i ? "," : "") << "\n    {\"height\": " << r.resolution.height << ", \"width\": " << r.resolution.width
@@ -511,6 +518,8 @@ int run(const Arguments& args) {
   const double build_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - build_start).count();
 
   model->set_attention_backend(diffuse::parse_attention_backend(args.attention_backend));
+  // What FluxPipeline runs on CUDA: one q/k/v GEMM per stream (weights re-laid in place, no copy kept).
+  const bool fused_qkv = device.is_cuda() && args.fuse_qkv && model->fuse_qkv_projections();
   diffuse::Communicator* world = nullptr;
   if (dist.world_size() > 1) {
     world = &dist.communicator();
@@ -531,6 +540,7 @@ int run(const Arguments& args) {
   run.ulysses_degree = args.ulysses_degree;
   run.cuda_graphs = args.cuda_graphs && world == nullptr && device.is_cuda() && diffuse::CudaGraphCall::supported();
   for (const auto& p : model->parameters()) run.parameters += p.numel();
+  run.fused_qkv = fused_qkv;
 
   if (main_rank) {
     const double parameters = static_cast<double>(run.parameters);
@@ -541,7 +551,9 @@ int run(const Arguments& args) {
     std::cout << args.shape << " transformer (" << config.num_layers << " + " << config.num_single_layers << " blocks, "
               << (parameters >= 1e9 ? fixed(parameters / 1e9, 2) + " B" : significant(parameters / 1e6) + " M")
               << " parameters, " << run.dtype << ") on " << dist.world_size() << " x " << run.device << ", " << split
-              << "; built in " << fixed(build_seconds, 1) << " s" << std::endl;
+              << "; built in " << fixed(build_seconds, 1) << " s"
+              << (run.cuda_graphs ? "; calls replayed from CUDA graphs" : "; eager calls")
+              << (fused_qkv ? "; q/k/v fused" : "") << std::endl;
   }
 
   for (size_t i = 0; i < args.resolutions.size(); ++i) {

@@ -52,6 +52,8 @@ TEST(FluxPipeline, FromThePromptAloneReproducesDiffusers) {
   const int64_t worst = (pixels - reference.load("image_uint8").to(at::kInt)).abs().max().item<int64_t>();
   EXPECT_LE(worst, 1) << "pixels differ from diffusers' by up to " << worst << " levels";
   EXPECT_GT(out.times.total_seconds, 0);
+  // On CUDA the denoising loop ran with q/k/v fused (one GEMM per stream); elsewhere it never fuses.
+  EXPECT_EQ(pipe.transformer()->qkv_projections_fused(), test::test_device().is_cuda());
 }
 
 TEST(FluxPipeline, EncodePromptMatchesDiffusers) {

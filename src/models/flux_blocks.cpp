@@ -2,9 +2,11 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "diffuse/error.hpp"
 #include "diffuse/parallel/context_parallel.hpp"
+#include "models/joint_linear.hpp"
 #include "models/qk_norm_rope.hpp"
 
 namespace diffuse {
@@ -12,6 +14,40 @@ namespace {
 
 constexpr double kQkNormEps = 1e-6;
 constexpr double kBlockNormEps = 1e-6;
+
+// proj_out(cat(attention, mlp)) without building the concatenation (a [tokens, dim + mlp_dim] copy per
+// block): proj_out's weight W [dim, dim + mlp_dim] splits by columns into W[:, :a] for the attention
+// and W[:, a:] for the MLP, so the product is two GEMMs accumulating into one output. The column
+// slices are strided views (row stride dim + mlp_dim), and at::addmm hands those to cuBLAS (and the
+// CPU BLAS) in place: their transposes have strides (1, dim + mlp_dim), which prepare_matrix_for_cublas
+// takes as a column-major operand with that leading dimension (no copy, in libtorch 1.13 and 2.x).
+// In float32 this is the same sum split in two; in bfloat16 the first half is rounded once before the
+// second is added (one more rounding than the single product, the size of a bias add's).
+at::Tensor project_concatenation(const LinearImpl& proj_out, const at::Tensor& attention, const at::Tensor& mlp) {
+  const at::Tensor& w = proj_out.weight;
+  const int64_t a = attention.size(-1), m = mlp.size(-1);
+  const at::Tensor attention_rows = attention.reshape({-1, a}), mlp_rows = mlp.reshape({-1, m});
+  const at::Tensor w_attention = w.narrow(1, 0, a).t(), w_mlp = w.narrow(1, a, m).t();
+  at::Tensor out = proj_out.bias.defined() ? at::addmm(proj_out.bias, attention_rows, w_attention)
+                                           : at::mm(attention_rows, w_attention);
+  out.addmm_(mlp_rows, w_mlp);
+  std::vector<int64_t> shape = attention.sizes().vec();
+  shape.back() = w.size(0);
+  return out.view(shape);
+}
+
+// The joint [batch, text + image, dim] tensor that `text` and `image` are the two halves of, when
+// they are (the single blocks hand each other x.narrow views of one output); undefined otherwise.
+at::Tensor joint_sequence(const at::Tensor& text, const at::Tensor& image) {
+  if (!text.defined() || !image.defined() || !text.has_storage() || !image.has_storage() || text.dim() != 3 ||
+      image.dim() != 3 || text.scalar_type() != image.scalar_type() ||
+      text.storage().unsafeGetStorageImpl() != image.storage().unsafeGetStorageImpl() ||
+      text.size(0) != image.size(0) || text.size(2) != image.size(2) || text.strides() != image.strides() ||
+      text.storage_offset() + text.size(1) * text.stride(1) != image.storage_offset())
+    return at::Tensor();
+  return text.as_strided({text.size(0), text.size(1) + image.size(1), text.size(2)}, text.strides(),
+                         text.storage_offset());
+}
 
 }  // namespace
 
@@ -46,6 +82,22 @@ at::Tensor FluxAttentionImpl::split_heads(const at::Tensor& x, RMSNorm& norm) co
   return norm(x.view({x.size(0), x.size(1), heads, head_dim})).transpose(1, 2);
 }
 
+std::vector<at::Tensor> FluxAttentionImpl::project_qkv(const at::Tensor& x, Linear& q, Linear& k, Linear& v) {
+  return joint_linear_forward({q.get(), k.get(), v.get()}, x);
+}
+
+bool FluxAttentionImpl::fuse_qkv_projections() {
+  bool fused = fuse_linears({to_q.get(), to_k.get(), to_v.get()});
+  if (!add_q_proj.is_empty()) fused = fuse_linears({add_q_proj.get(), add_k_proj.get(), add_v_proj.get()}) && fused;
+  return fused;
+}
+
+bool FluxAttentionImpl::qkv_projections_fused() const {
+  bool fused = joint_linear({to_q.get(), to_k.get(), to_v.get()}).has_value();
+  if (!add_q_proj.is_empty()) fused = fused && joint_linear({add_q_proj.get(), add_k_proj.get(), add_v_proj.get()});
+  return fused;
+}
+
 at::Tensor FluxAttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   if (settings->mesh)
@@ -65,15 +117,17 @@ FluxAttentionOutput FluxAttentionImpl::forward(const at::Tensor& hidden_states,
                      : "FluxAttention: the single-stream attention takes no encoder_hidden_states");
   if (rotary.phasor.defined() && fused_qk_norm_rope_available(hidden_states, head_dim))
     return forward_fused(hidden_states, encoder_hidden_states, rotary);
-  at::Tensor q = split_heads(to_q(hidden_states), norm_q);
-  at::Tensor k = split_heads(to_k(hidden_states), norm_k);
-  at::Tensor v = to_v(hidden_states).view({hidden_states.size(0), hidden_states.size(1), heads, head_dim}).transpose(1, 2);
+  const std::vector<at::Tensor> image_qkv = project_qkv(hidden_states, to_q, to_k, to_v);
+  at::Tensor q = split_heads(image_qkv[0], norm_q);
+  at::Tensor k = split_heads(image_qkv[1], norm_k);
+  at::Tensor v = image_qkv[2].view({hidden_states.size(0), hidden_states.size(1), heads, head_dim}).transpose(1, 2);
   const int64_t text_len = dual ? encoder_hidden_states.size(1) : 0;
   if (dual) {
     const at::Tensor& e = encoder_hidden_states;
-    q = at::cat({split_heads(add_q_proj(e), norm_added_q), q}, /*dim=*/2);
-    k = at::cat({split_heads(add_k_proj(e), norm_added_k), k}, /*dim=*/2);
-    v = at::cat({add_v_proj(e).view({e.size(0), e.size(1), heads, head_dim}).transpose(1, 2), v}, /*dim=*/2);
+    const std::vector<at::Tensor> text_qkv = project_qkv(e, add_q_proj, add_k_proj, add_v_proj);
+    q = at::cat({split_heads(text_qkv[0], norm_added_q), q}, /*dim=*/2);
+    k = at::cat({split_heads(text_qkv[1], norm_added_k), k}, /*dim=*/2);
+    v = at::cat({text_qkv[2].view({e.size(0), e.size(1), heads, head_dim}).transpose(1, 2), v}, /*dim=*/2);
   }
   if (rotary.cos.size(0) != q.size(2))
     throw Error("FluxAttention: the rotary embedding has " + std::to_string(rotary.cos.size(0)) +
@@ -110,9 +164,12 @@ FluxAttentionOutput FluxAttentionImpl::forward_fused(const at::Tensor& hidden_st
                      RMSNorm& norm_k_, int64_t offset) {
     if (x.size(1) == 0) return;  // a rank's empty shard of this stream (context parallelism)
     const at::Tensor phasor = rotary.phasor.narrow(0, offset, x.size(1));
-    fused_qk_norm_rope(to_q_(x), *norm_q_, phasor, q, offset);
-    fused_qk_norm_rope(to_k_(x), *norm_k_, phasor, k, offset);
-    v.narrow(1, offset, x.size(1)).copy_(to_v_(x).view({batch, x.size(1), heads, head_dim}));
+    // Fused projections give column slices of one [batch, tokens, 3 * inner] output: the kernel reads
+    // rows at any token stride (channels contiguous), and v's copy into its buffer reads them in place.
+    const std::vector<at::Tensor> qkv = project_qkv(x, to_q_, to_k_, to_v_);
+    fused_qk_norm_rope(qkv[0], *norm_q_, phasor, q, offset);
+    fused_qk_norm_rope(qkv[1], *norm_k_, phasor, k, offset);
+    v.narrow(1, offset, x.size(1)).copy_(qkv[2].view({batch, x.size(1), heads, head_dim}));
   };
   if (dual) project(encoder_hidden_states, add_q_proj, add_k_proj, add_v_proj, norm_added_q, norm_added_k, 0);
   project(hidden_states, to_q, to_k, to_v, norm_q, norm_k, text_len);
@@ -166,11 +223,15 @@ FluxBlockOutput FluxSingleTransformerBlockImpl::forward(const at::Tensor& hidden
                                                         const at::Tensor& encoder_hidden_states,
                                                         const at::Tensor& temb, const RotaryEmbedding& rotary) {
   const int64_t text_len = encoder_hidden_states.size(1);
-  at::Tensor residual = at::cat({encoder_hidden_states, hidden_states}, /*dim=*/1);
+  // Each block returns its two streams as views of one output, so from the second single block on
+  // they are already the concatenated sequence and need no copy (the first gets the dual blocks'
+  // separate tensors, as does a block whose inputs a device map moved).
+  at::Tensor residual = joint_sequence(encoder_hidden_states, hidden_states);
+  if (!residual.defined()) residual = at::cat({encoder_hidden_states, hidden_states}, /*dim=*/1);
   AdaLayerNormZeroSingleOutput normed = norm(residual, temb);
   at::Tensor mlp = linear_gelu_tanh(*proj_mlp, normed.hidden_states);
   at::Tensor attention = attn(normed.hidden_states, at::Tensor(), rotary).hidden_states;
-  at::Tensor x = at::addcmul(residual, normed.gate.unsqueeze(1), proj_out(at::cat({attention, mlp}, /*dim=*/2)));
+  at::Tensor x = at::addcmul(residual, normed.gate.unsqueeze(1), project_concatenation(*proj_out, attention, mlp));
   x = clip_float16(x);
   return {x.narrow(1, 0, text_len), x.narrow(1, text_len, x.size(1) - text_len)};
 }

@@ -106,6 +106,23 @@ RotaryEmbedding FluxTransformer2DModelImpl::rotary_embedding(const at::Tensor& t
                         kRopeTheta);
 }
 
+bool FluxTransformer2DModelImpl::fuse_qkv_projections() {
+  bool all = true;
+  for (const auto& block : *transformer_blocks)
+    all = block->as<FluxTransformerBlockImpl>()->attn->fuse_qkv_projections() && all;
+  for (const auto& block : *single_transformer_blocks)
+    all = block->as<FluxSingleTransformerBlockImpl>()->attn->fuse_qkv_projections() && all;
+  return all;
+}
+
+bool FluxTransformer2DModelImpl::qkv_projections_fused() const {
+  for (const auto& block : *transformer_blocks)
+    if (!block->as<FluxTransformerBlockImpl>()->attn->qkv_projections_fused()) return false;
+  for (const auto& block : *single_transformer_blocks)
+    if (!block->as<FluxSingleTransformerBlockImpl>()->attn->qkv_projections_fused()) return false;
+  return true;
+}
+
 void FluxTransformer2DModelImpl::enable_parallelism(const ContextParallelConfig& config,
                                                     std::shared_ptr<Communicator> world) {
   mesh_ = std::make_shared<const ContextParallelMesh>(std::move(world), config, config_.num_attention_heads);
@@ -177,7 +194,8 @@ std::vector<std::string> FluxTransformer2DModelImpl::unit_containers() const {
 uint64_t FluxTransformer2DModelImpl::activation_estimate() const {
   // At 1024x1024 with 512 text tokens a single-stream block holds about 20 rows of inner_dim per token
   // at its peak: the 4x MLP activations before and after GELU, q/k/v, the attention output and the
-  // concatenation fed to proj_out.
+  // concatenation fed to proj_out (no longer built, but the first single block still concatenates
+  // the two streams, and the estimate errs on the side of room).
   const uint64_t tokens = 512 + 4096;
   return tokens * static_cast<uint64_t>(config_.inner_dim()) * 20 * weight_element_bytes(*this);
 }

@@ -10,7 +10,8 @@
 namespace diffuse {
 
 // Whether the kernel was built (CUDA builds) and runs `x` [batch, tokens, heads * head_dim]: on CUDA,
-// bfloat16 or float16, channels contiguous, head_dim a multiple of 64 up to 256.
+// bfloat16 or float16, channels contiguous, head_dim a multiple of 64 up to 256. Tokens may lie at any
+// stride: a column slice of a fused q/k/v product ([batch, tokens, 3 * inner]) is read in place.
 bool fused_qk_norm_rope_available(const at::Tensor& x, int64_t head_dim);
 
 // out[:, out_offset : out_offset + tokens] = rotate(norm(x per head), phasor): `out` is

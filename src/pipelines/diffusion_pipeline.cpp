@@ -226,9 +226,12 @@ DiffusionPipeline::OnDevice DiffusionPipeline::on_device_while_running(const std
 }
 
 bool DiffusionPipeline::can_capture_cuda_graph(const std::string& component) const {
-  if (!cuda_graphs_ || offload_ == Offload::Sequential || context_parallel_degree() > 1 || !has(component))
-    return false;
-  const Component& c = require(component, "a CUDA graph");
+  return cuda_graphs_ && context_parallel_degree() <= 1 && runs_in_place_on_cuda(component);
+}
+
+bool DiffusionPipeline::runs_in_place_on_cuda(const std::string& component) const {
+  if (offload_ == Offload::Sequential || !has(component)) return false;
+  const Component& c = require(component, "running in place");
   if (!c.is_model() || hooks_of(*c.module())) return false;
   return execution_device(component).is_cuda();
 }

@@ -234,6 +234,10 @@ at::Tensor FluxPipeline::denoise(const GenerateRequest& request, const PromptEmb
   ProgressBar progress(num_steps, show_progress);
   at::NoGradGuard no_grad;
   const auto running = on_device_while_running("transformer");
+  // On CUDA each stream's q/k/v run as one GEMM (diffusers' fuse_qkv_projections; no extra memory).
+  // Here, once the weights are where the loop runs them and before any graph is captured; a no-op
+  // when already fused. Placements that move weights during the call keep three products.
+  if (runs_in_place_on_cuda("transformer")) model->fuse_qkv_projections();
   // The latents and the timestep change each step; the other inputs are read where they are.
   CudaGraphCall denoise(
       [&](const std::vector<at::Tensor>& in) {

@@ -64,6 +64,16 @@ class FluxAttentionImpl : public torch::nn::Module {
   // sequence, so that context parallelism replaces only this call.
   at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
+  // diffusers' fuse_qkv_projections, without a second copy of the weights: re-lays to_q, to_k and
+  // to_v's weights and biases end to end in one storage (likewise add_q/k/v_proj) and points the
+  // parameters at views of it, so that forward projects each stream with one GEMM of 3 * inner
+  // outputs instead of three. Names, state dicts and values are unchanged. Anything that later
+  // replaces a parameter's data (loading, offload, a device map) undoes it, and forward falls back to
+  // three products, with the same results. Returns whether every group is now fused.
+  bool fuse_qkv_projections();
+  // Whether forward currently runs each stream's q/k/v as one product.
+  bool qkv_projections_fused() const;
+
   int64_t heads, head_dim;
   // The transformer replaces this with the one object all its attentions share.
   std::shared_ptr<AttentionSettings> settings = std::make_shared<AttentionSettings>();
@@ -78,6 +88,9 @@ class FluxAttentionImpl : public torch::nn::Module {
  private:
   // [batch, seq, heads * head_dim] -> RMSNorm per head -> [batch, heads, seq, head_dim].
   at::Tensor split_heads(const at::Tensor& x, RMSNorm& norm) const;
+  // {q, k, v} [batch, seq, heads * head_dim] of x: one product over the joint weight when the three
+  // layers are fused (then column slices of its output), else three.
+  std::vector<at::Tensor> project_qkv(const at::Tensor& x, Linear& q, Linear& k, Linear& v);
   // forward through the fused CUDA kernel for norm and rotary (src/models/qk_norm_rope.hpp).
   FluxAttentionOutput forward_fused(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
                                     const RotaryEmbedding& rotary);

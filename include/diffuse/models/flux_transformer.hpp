@@ -52,6 +52,15 @@ class FluxTransformer2DModelImpl : public torch::nn::Module, public PlaceableMod
   // shape does not fit the config.
   at::Tensor forward(const FluxTransformerInputs& inputs);
 
+  // diffusers' fuse_qkv_projections(): every attention's to_q/to_k/to_v (and the dual blocks'
+  // add_q/k/v_proj) run as one GEMM per stream, their weights re-laid end to end as views of one
+  // storage (FluxAttentionImpl::fuse_qkv_projections: no second copy, names and values unchanged).
+  // The pipeline calls it on CUDA before its denoising loop. Loading weights or moving the model
+  // afterwards undoes it (forward then runs three products, with the same results); call it again
+  // after. Returns whether every attention is now fused.
+  bool fuse_qkv_projections();
+  bool qkv_projections_fused() const;
+
   // The rotary embedding of the joint sequence [text, image], from their ids.
   RotaryEmbedding rotary_embedding(const at::Tensor& txt_ids, const at::Tensor& img_ids) const;
 

@@ -208,6 +208,10 @@ class DiffusionPipeline {
   // offload is fine: the model stays on the GPU for the whole loop), and its calls hold no
   // collectives (no context parallelism; CFG parallelism exchanges outside the call).
   bool can_capture_cuda_graph(const std::string& component) const;
+  // Whether `component` runs wholly on one CUDA device with no hooks moving its weights during a call
+  // (no sequential offload, no device map; model offload is fine): where re-laying its weights for
+  // speed (FluxTransformer2DModelImpl::fuse_qkv_projections) lasts through the loop.
+  bool runs_in_place_on_cuda(const std::string& component) const;
 
   // The loaded model components in offload order (then any others), for placement.
   std::vector<std::pair<std::string, torch::nn::Module*>> models() const;
