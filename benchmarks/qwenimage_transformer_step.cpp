@@ -52,6 +52,7 @@ struct Arguments {
   std::string json;
   std::string trace;  // a folder: trace_SIZE.json per size
   bool cuda_graphs = false;
+  bool fuse_qkv = true;  // on CUDA only, as QwenImagePipeline
 };
 
 diffuse::QwenImageTransformerConfig config_of(const Arguments& a) {
@@ -100,6 +101,9 @@ int main(int argc, char** argv) {
   app.add_flag("--cuda-graphs", a.cuda_graphs,
                "CUDA: replay each call from a CUDA graph, as the pipeline runs the transformer\n"
                "(models/graph_call.hpp), instead of launching its kernels one by one");
+  app.add_flag("!--no-fuse-qkv", a.fuse_qkv,
+               "CUDA: keep q/k/v as three products per stream (by default they are fused into one GEMM,\n"
+               "fuse_qkv_projections, as the pipeline does)");
   diffuse::cli::parse(app, argc, argv);
   try {
     const c10::Device device(a.device);
@@ -107,6 +111,7 @@ int main(int argc, char** argv) {
     const diffuse::QwenImageTransformerConfig c = config_of(a);
     diffuse::QwenImageTransformer2DModel model(c, at::TensorOptions().dtype(dtype).device(device));
     init_in_place(*model);
+    const bool fused_qkv = device.is_cuda() && a.fuse_qkv && model->fuse_qkv_projections();
     model->set_attention_backend(diffuse::parse_attention_backend(a.attention_backend));
     nlohmann::json results = nlohmann::json::array();
     for (int64_t size : a.resolutions) {
@@ -148,15 +153,17 @@ int main(int argc, char** argv) {
       }
 #endif
       std::printf("diffuse qwen-image transformer %lldx%lld (%lld image + %lld text tokens, %lld blocks): min %.1f ms, "
-                  "median %.1f ms, peak %.2f GiB%s\n",
+                  "median %.1f ms, peak %.2f GiB%s%s\n",
                   static_cast<long long>(size), static_cast<long long>(size), static_cast<long long>(side * side),
                   static_cast<long long>(a.text_tokens), static_cast<long long>(c.num_layers), ms.front(),
-                  ms[ms.size() / 2], peak_gb, graph.replayed() ? " (replayed from a CUDA graph)" : "");
+                  ms[ms.size() / 2], peak_gb, graph.replayed() ? ", replayed from a CUDA graph" : "",
+                  fused_qkv ? ", fused q/k/v" : "");
       results.push_back({{"resolution", size},
                          {"image_tokens", side * side},
                          {"text_tokens", a.text_tokens},
                          {"layers", c.num_layers},
                          {"cuda_graphs", a.cuda_graphs && device.is_cuda() && diffuse::CudaGraphCall::supported()},
+                         {"fused_qkv", fused_qkv},
                          {"min_ms", ms.front()},
                          {"median_ms", ms[ms.size() / 2]},
                          {"peak_allocated_gib", peak_gb}});

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <set>
 
 #include "diffuse/error.hpp"
@@ -113,6 +114,36 @@ TEST(QwenImageTransformer, MatchesDiffusersOnStep0InFloat32) {
   EXPECT_EQ(out.scalar_type(), at::kFloat);
   test::print_error("transformer_out_step0 (float32)", out, reference().load("transformer_out_step0"));
   EXPECT_TENSORS_CLOSE(out, reference().load("transformer_out_step0"), 1e-4);
+}
+
+// fuse_qkv_projections (one GEMM per stream over weights re-laid as views of one storage): the same
+// output as three products, the checkpoint's names and values unchanged, and still diffusers' result
+// with a padded text mask (the negative pass) as without.
+TEST(QwenImageTransformer, FusedQkvProjectionsGiveTheSameOutputs) {
+  REQUIRE_QWEN_FIXTURES();
+  const c10::Device device = test::test_device();
+  auto model = load(at::kFloat, device);
+  at::NoGradGuard no_grad;
+  const auto inputs = reference_inputs("prompt_embeds", at::kFloat, device);
+  const auto negative = reference_inputs("negative_prompt_embeds", at::kFloat, device);
+  const at::Tensor separate = model->forward(inputs);
+  const at::Tensor separate_negative = model->forward(negative);
+  std::map<std::string, at::Tensor> before;
+  for (const auto& p : model->named_parameters()) before[p.key()] = p.value().clone();
+
+  EXPECT_FALSE(model->qkv_projections_fused());
+  ASSERT_TRUE(model->fuse_qkv_projections());
+  EXPECT_TRUE(model->qkv_projections_fused());
+  for (const auto& p : model->named_parameters()) {
+    ASSERT_TRUE(before.count(p.key())) << p.key();
+    EXPECT_TRUE(at::equal(p.value(), before.at(p.key()))) << p.key();
+  }
+  EXPECT_EQ(model->named_parameters().size(), before.size());
+  // cuBLAS may pick another kernel for the wider product; the CPU sums the same way.
+  const double tolerance = device.is_cuda() ? 1e-5 : 1e-6;
+  EXPECT_TENSORS_CLOSE(model->forward(inputs), separate, tolerance);
+  EXPECT_TENSORS_CLOSE(model->forward(negative), separate_negative, tolerance);
+  EXPECT_TENSORS_CLOSE(model->forward(inputs), reference().load("transformer_out_step0"), 1e-4);
 }
 
 TEST(QwenImageTransformer, TheTimestepIsTheSchedulersOver1000) {

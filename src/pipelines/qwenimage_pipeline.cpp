@@ -310,6 +310,8 @@ at::Tensor QwenImagePipeline::denoise(const GenerateRequest& request, const Prom
   ProgressBar progress(num_steps, show_progress);
   at::NoGradGuard no_grad;
   const auto running = on_device_while_running("transformer");
+  // Each stream's q/k/v as one GEMM on CUDA, before any graph is captured (as FluxPipeline::denoise).
+  if (runs_in_place_on_cuda("transformer")) model->fuse_qkv_projections();
   // Each pass replays its own CUDA graph (models/graph_call.hpp): the latents and the timestep change
   // each step, as graph inputs; the text embeddings and mask are the pass's own for the whole loop and
   // are read where they are (the key padding made from the mask is baked into the captured graph, so a

@@ -81,6 +81,13 @@ class QwenImageTransformer2DModelImpl : public torch::nn::Module, public Placeab
   // lives (the model's cache may drop them). Throws as forward does for inputs that do not fit.
   QwenImageCallTables call_tables(const QwenImageTransformerInputs& inputs);
 
+  // diffusers' fuse_qkv_projections(): every block's to_q/to_k/to_v and add_q/k/v_proj re-laid as views
+  // of one storage per stream, so each runs as one GEMM (FluxAttentionImpl::fuse_qkv_projections: no
+  // second copy of the weights, names and values unchanged). QwenImagePipeline calls it on CUDA before
+  // its denoising loop. Returns false where some could not be fused (they keep three products).
+  bool fuse_qkv_projections();
+  bool qkv_projections_fused() const;
+
   // Placement (placement/placeable_model.hpp).
   std::vector<std::string> unit_containers() const override;
   uint64_t activation_estimate() const override;
