@@ -1,0 +1,72 @@
+#pragma once
+// Weights that live in CPU memory and visit a device to run: the one mechanism under both CPU
+// offloads. Sequential offload (dispatch.cpp's CpuOffloadHook) holds one per block; model offload
+// (DiffusionPipeline::enable_model_cpu_offload) one per model component.
+//
+//   OffloadedTensors weights(module_tensors(*model), gpu);   // once: home copies made, pinned
+//   weights.bring_in();   // before each run: async copies to the GPU
+//   ... model->forward(...) on the GPU ...
+//   weights.drop();       // after it: the model's tensors are its CPU home copies again
+//
+// The tensors are a module's parameters and buffers: an at::Tensor shares its TensorImpl with the
+// module's, so set_data on it changes what the module computes with.
+//
+// Home copies. The constructor moves each tensor to CPU memory (no copy when it is there already),
+// pins it when `device` is CUDA (so that copying it in is asynchronous), and points the tensor at it.
+// They cost pinned host memory the size of the tensors, for as long as the tensors use them (also
+// after the offload is ended: the weights stay there). libtorch's pinned allocator may round each
+// block up, so the pinned total can be above the weights' size.
+//
+// bring_in() points each tensor at a new copy of its home copy on `device`. From pinned memory the
+// copies are asynchronous, on the device's current stream: the kernels queued after them on that
+// stream wait for them, and the CPU does not. On the CPU (or with the tensor there already) nothing is
+// copied. If a copy fails (out of memory) every tensor is dropped again before the error propagates.
+//
+// drop() points each tensor back at its home copy. Nothing is copied back: inference does not change
+// weights. What a module made of a tensor on the device (Conv2d replaces its weight by a channels-last
+// copy with set_data) goes with the device copy; the next bring_in starts from the home copy again.
+// The device copies are freed once no kernel refers to them (the caching allocator hands their memory
+// to later work on the same stream).
+//
+// A tensor given new CPU data while dropped (set_data with other weights) takes that data as its home
+// copy at the next bring_in, pinned then.
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <torch/nn/module.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace diffuse {
+
+class OffloadedTensors {
+ public:
+  // Makes the home copies (above); `pin` false keeps them pageable (copies in are then synchronous).
+  OffloadedTensors(std::vector<at::Tensor> tensors, c10::Device device, bool pin = true);
+
+  void bring_in();
+  void drop() noexcept;
+
+  // Whether these are exactly `tensors` (the same TensorImpls, in order): false once a module has
+  // registered or replaced a parameter since, and these must be made again.
+  bool holds(const std::vector<at::Tensor>& tensors) const;
+
+  c10::Device device() const { return device_; }
+  // Bytes of the home copies.
+  uint64_t home_bytes() const;
+
+ private:
+  at::Tensor home_copy(const at::Tensor& tensor) const;
+
+  c10::Device device_;
+  bool pin_;
+  std::vector<at::Tensor> tensors_;
+  std::vector<at::Tensor> homes_;
+};
+
+// A module's parameters, then its buffers, each tensor once (the tensors model offload moves, as
+// Module::to does).
+std::vector<at::Tensor> module_tensors(const torch::nn::Module& module);
+
+}  // namespace diffuse
