@@ -202,7 +202,7 @@ if want compare; then
   echo "-- diffusers compiled vs eager"
   compare diffusers.safetensors diffusers.safetensors compare_compiled_eager.log \
     compiled.image:eager.image compiled.latents:eager.latents
-  echo "-- diffuse --offload model vs diffuse on the GPU"
+  echo "-- diffuse --offload model vs diffuse on one device"
   compare diffuse_offload.safetensors diffuse.safetensors compare_diffuse_offload.log image:image latents:latents
   echo "-- diffusers model_offload vs eager"
   compare diffusers_offload.safetensors diffusers.safetensors compare_diffusers_offload.log \
