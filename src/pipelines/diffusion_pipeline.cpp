@@ -8,9 +8,9 @@
 #include "diffuse/placement/device_memory.hpp"
 #include "diffuse/placement/dispatch.hpp"
 #include "diffuse/placement/module_hooks.hpp"
+#include "diffuse/placement/offloaded_tensors.hpp"
 #include "diffuse/placement/planner.hpp"
 #include "log.hpp"
-#include "diffuse/placement/offloaded_tensors.hpp"
 
 namespace diffuse {
 namespace {

@@ -19,14 +19,14 @@
 //
 // bring_in() points each tensor at a new copy of its home copy on `device`. From pinned memory the
 // copies are asynchronous, on the device's current stream: the kernels queued after them on that
-// stream wait for them, and the CPU does not. On the CPU (or with the tensor there already) nothing is
-// copied. If a copy fails (out of memory) every tensor is dropped again before the error propagates.
+// stream wait for them, and the CPU does not. With `device` the CPU nothing is copied. If a copy
+// fails (out of memory) every tensor is dropped again before the error propagates.
 //
 // drop() points each tensor back at its home copy. Nothing is copied back: inference does not change
 // weights. What a module made of a tensor on the device (Conv2d replaces its weight by a channels-last
 // copy with set_data) goes with the device copy; the next bring_in starts from the home copy again.
-// The device copies are freed once no kernel refers to them (the caching allocator hands their memory
-// to later work on the same stream).
+// The device copies are freed there; the caching allocator hands their memory only to work queued
+// later on the same stream, which runs after the kernels that read them.
 //
 // A tensor given new CPU data while dropped (set_data with other weights) takes that data as its home
 // copy at the next bring_in, pinned then.
