@@ -1,7 +1,7 @@
 // OffloadedTensors (placement/offloaded_tensors.hpp), the home copies under both CPU offloads: a
 // module's weights brought onto the test device and dropped back to their CPU home copies, also after
 // the module replaced its weight there (Conv2d's channels-last weight), with new CPU weights adopted,
-// and on CUDA pinned home copies and the GPU memory given back.
+// and on CUDA pinned home copies packed into slabs and the GPU memory given back; SlabCopier's packing.
 
 #include <torch/cuda.h>
 
@@ -91,12 +91,38 @@ TEST(OffloadedTensors, ARegisteredParameterMakesThemStale) {
   EXPECT_FALSE(weights.holds(module_tensors(*conv)));
 }
 
+TEST(SlabCopier, PacksCopiesOfAnyDtypeIntoOnePowerOfTwoSlab) {
+  at::manual_seed(3);
+  const std::vector<at::Tensor> sources = {
+      at::randn({10, 25}),                                     // 1000 bytes -> 1024 in the slab
+      at::randn({3, 7}).to(at::kBFloat16),                     // 42 -> 512
+      at::arange(5, at::kLong),                                // 40 -> 512
+      at::empty({0, 4}),                                       // nothing
+      at::randn({8, 6}).t(),                                   // not contiguous: copied contiguous
+      at::randn({2, 4, 3, 3}).contiguous(at::MemoryFormat::ChannelsLast)};
+  SlabCopier slabs(sources, /*pinned=*/false);
+  std::vector<at::Tensor> copies;
+  for (const at::Tensor& source : sources) copies.push_back(slabs.copy(source));
+  const at::Tensor& first = copies.front();
+  for (size_t i = 0; i < sources.size(); ++i) {
+    EXPECT_TRUE(at::equal(copies[i], sources[i])) << i;
+    EXPECT_EQ(copies[i].scalar_type(), sources[i].scalar_type()) << i;
+    EXPECT_TRUE(copies[i].is_contiguous()) << i;
+    EXPECT_TRUE(copies[i].is_alias_of(first)) << i << " is in the one slab";
+    const auto offset = static_cast<const char*>(copies[i].data_ptr()) - static_cast<const char*>(first.data_ptr());
+    if (copies[i].numel() > 0) EXPECT_EQ(offset % 512, 0) << i;
+  }
+  // 1024 + 512 + 512 + 0 + 512 + 512 bytes: one slab of 4096, not one block per tensor.
+  EXPECT_EQ(first.storage().nbytes(), 4096u);
+}
+
 TEST(OffloadedTensors, OnCudaHomeCopiesArePinnedAndTheGpuMemoryIsGivenBack) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "needs CUDA: libtorch sees no GPU here";
   const c10::Device device = test::test_device().is_cuda() ? test::test_device() : c10::Device(c10::kCUDA, 0);
   Conv2d conv = seeded_conv();
   OffloadedTensors weights(module_tensors(*conv), device);
   for (const at::Tensor& t : module_tensors(*conv)) EXPECT_TRUE(t.is_pinned());
+  EXPECT_TRUE(conv->weight.is_alias_of(conv->bias)) << "pinned home copies are packed into one slab";
   const uint64_t before = memory_allocated(device);
   weights.bring_in();
   EXPECT_GE(memory_allocated(device), before + weights.home_bytes());

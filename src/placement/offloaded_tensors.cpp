@@ -2,16 +2,65 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <unordered_set>
 
 namespace diffuse {
+namespace {
+
+constexpr int64_t kSlabBytes = int64_t{1} << 30;
+constexpr int64_t kAlignment = 512;  // of each copy in a slab: any dtype, and cache lines
+
+int64_t aligned(int64_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+
+int64_t power_of_two_at_least(int64_t bytes) {
+  int64_t p = kAlignment;
+  while (p < bytes) p <<= 1;
+  return p;
+}
+
+}  // namespace
+
+SlabCopier::SlabCopier(const std::vector<at::Tensor>& sources, bool pinned) : pinned_(pinned) {
+  for (const at::Tensor& source : sources)
+    if (aligned(source.nbytes()) <= kSlabBytes) unplaced_ += aligned(source.nbytes());
+}
+
+at::Tensor SlabCopier::copy(const at::Tensor& source) {
+  at::NoGradGuard no_grad;
+  const int64_t bytes = aligned(source.nbytes());
+  at::Tensor copy;
+  if (bytes > kSlabBytes) {
+    copy = at::empty(source.sizes(), source.options().device(c10::kCPU).pinned_memory(pinned_));
+  } else {
+    if (!slab_.defined() || used_ + bytes > slab_.numel()) {
+      // The last slab: the least power of two that holds what is left.
+      const int64_t slab_bytes = std::min(kSlabBytes, power_of_two_at_least(unplaced_));
+      slab_ = at::empty({slab_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(pinned_));
+      used_ = 0;
+    }
+    copy = slab_.narrow(0, used_, static_cast<int64_t>(source.nbytes())).view(source.scalar_type()).view(source.sizes());
+    used_ += bytes;
+    unplaced_ -= bytes;
+  }
+  copy.copy_(source);
+  return copy;
+}
 
 OffloadedTensors::OffloadedTensors(std::vector<at::Tensor> tensors, c10::Device device, bool pin)
     : device_(device), pin_(pin && device.is_cuda()), tensors_(std::move(tensors)) {
   at::NoGradGuard no_grad;
+  // Pinned home copies are packed into slabs; tensors pinned already keep theirs.
+  auto needs_copy = [&](const at::Tensor& t) { return pin_ && !(t.device().is_cpu() && t.is_pinned()); };
+  std::vector<at::Tensor> to_copy;
+  for (const at::Tensor& tensor : tensors_)
+    if (needs_copy(tensor)) to_copy.push_back(tensor);
+  SlabCopier slabs(to_copy, /*pinned=*/true);
+  to_copy.clear();
   homes_.reserve(tensors_.size());
   for (at::Tensor& tensor : tensors_) {
-    homes_.push_back(home_copy(tensor));
+    homes_.push_back(needs_copy(tensor) ? slabs.copy(tensor.data()) : home_copy(tensor));
+    // Now, not after the loop: the weights' old memory goes as their copies come.
     tensor.set_data(homes_.back());
   }
 }

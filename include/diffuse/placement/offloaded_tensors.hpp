@@ -11,11 +11,12 @@
 // The tensors are a module's parameters and buffers: an at::Tensor shares its TensorImpl with the
 // module's, so set_data on it changes what the module computes with.
 //
-// Home copies. The constructor moves each tensor to CPU memory (no copy when it is there already),
-// pins it when `device` is CUDA (so that copying it in is asynchronous), and points the tensor at it.
-// They cost pinned host memory the size of the tensors, for as long as the tensors use them (also
-// after the offload is ended: the weights stay there). libtorch's pinned allocator may round each
-// block up, so the pinned total can be above the weights' size.
+// Home copies. When `device` is CUDA the constructor copies the tensors into pinned (page-locked) CPU
+// memory, so that copying them in is asynchronous, packed into large slabs (SlabCopier, below), and
+// points each tensor at its copy; otherwise a tensor's home copy is its CPU data (moved to the CPU
+// when it is elsewhere). Pinned home copies cost host memory the size of the tensors plus the slabs'
+// tails, for as long as the tensors use them (also after the offload is ended: the weights stay
+// there).
 //
 // bring_in() points each tensor at a new copy of its home copy on `device`. From pinned memory the
 // copies are asynchronous, on the device's current stream: the kernels queued after them on that
@@ -63,6 +64,27 @@ class OffloadedTensors {
   bool pin_;
   std::vector<at::Tensor> tensors_;
   std::vector<at::Tensor> homes_;
+};
+
+// Contiguous CPU copies of tensors (on any device, any dtype, with their sizes), packed into slabs of
+// at most 1 GiB, each a power of two; a tensor over 1 GiB gets a block of its own. Why: libtorch's
+// pinned-memory allocator rounds every block up to a power of two, so pinning tensor by tensor can
+// take nearly twice their size; packed, only the slabs' tails are lost. A slab lives as long as one
+// copy in it does.
+//   SlabCopier slabs(sources, /*pinned=*/true);          // sizes the slabs; copies nothing
+//   for (const at::Tensor& s : sources) copies.push_back(slabs.copy(s));   // in the same order
+class SlabCopier {
+ public:
+  SlabCopier(const std::vector<at::Tensor>& sources, bool pinned);
+  // The next source's copy. Given in the order of `sources`, the last slab is the least power of two
+  // that holds what is left.
+  at::Tensor copy(const at::Tensor& source);
+
+ private:
+  bool pinned_;
+  int64_t unplaced_ = 0;  // bytes still to place in slabs
+  at::Tensor slab_;       // the slab being filled, bytes
+  int64_t used_ = 0;
 };
 
 // A module's parameters, then its buffers, each tensor once (the tensors model offload moves, as
