@@ -19,6 +19,12 @@ int64_t power_of_two_at_least(int64_t bytes) {
   return p;
 }
 
+int64_t power_of_two_at_most(int64_t bytes) {
+  int64_t p = kAlignment;
+  while (p * 2 <= bytes) p <<= 1;
+  return p;
+}
+
 }  // namespace
 
 SlabCopier::SlabCopier(const std::vector<at::Tensor>& sources, bool pinned) : pinned_(pinned) {
@@ -34,8 +40,10 @@ at::Tensor SlabCopier::copy(const at::Tensor& source) {
     copy = at::empty(source.sizes(), source.options().device(c10::kCPU).pinned_memory(pinned_));
   } else {
     if (!slab_.defined() || used_ + bytes > slab_.numel()) {
-      // The last slab: the least power of two that holds what is left.
-      const int64_t slab_bytes = std::min(kSlabBytes, power_of_two_at_least(unplaced_));
+      // 1 GiB while that much is left; then the largest power of two that what is left fills (the
+      // rest going to smaller slabs after it), or the least that holds this copy.
+      const int64_t slab_bytes =
+          std::min(kSlabBytes, std::max(power_of_two_at_most(unplaced_), power_of_two_at_least(bytes)));
       slab_ = at::empty({slab_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(pinned_));
       used_ = 0;
     }

@@ -66,18 +66,18 @@ class OffloadedTensors {
   std::vector<at::Tensor> homes_;
 };
 
-// Contiguous CPU copies of tensors (on any device, any dtype, with their sizes), packed into slabs of
-// at most 1 GiB, each a power of two; a tensor over 1 GiB gets a block of its own. Why: libtorch's
-// pinned-memory allocator rounds every block up to a power of two, so pinning tensor by tensor can
-// take nearly twice their size; packed, only the slabs' tails are lost. A slab lives as long as one
-// copy in it does.
+// Contiguous CPU copies of tensors (on any device, any dtype, with their sizes), packed in order into
+// slabs that are each a power of two: 1 GiB while that much is left, then the largest power of two
+// that what is left fills; a tensor over 1 GiB gets a block of its own. Why: libtorch's pinned-memory
+// allocator rounds every block up to a power of two, so pinning tensor by tensor can take nearly
+// twice their size; packed, only the slabs' tails are lost (where the next copy did not fit). A slab
+// lives as long as one copy in it does.
 //   SlabCopier slabs(sources, /*pinned=*/true);          // sizes the slabs; copies nothing
 //   for (const at::Tensor& s : sources) copies.push_back(slabs.copy(s));   // in the same order
 class SlabCopier {
  public:
   SlabCopier(const std::vector<at::Tensor>& sources, bool pinned);
-  // The next source's copy. Given in the order of `sources`, the last slab is the least power of two
-  // that holds what is left.
+  // The next source's copy, in the order of `sources` (which sized the slabs).
   at::Tensor copy(const at::Tensor& source);
 
  private:
