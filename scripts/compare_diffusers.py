@@ -2,7 +2,7 @@
 """Times diffusers' own pipeline on one pipeline folder, for comparison with diffuse in the same run.
 
     PYTHONPATH=/path/to/diffusers/src python3 scripts/compare_diffusers.py --model DIR \\
-        [--latents FILE] [--modes eager,compiled] [--reference-float32] \\
+        [--latents FILE] [--modes eager,model_offload,compiled] [--reference-float32] \\
         [--save-tensors OUT.safetensors] --json OUT.json
 
 The folder is in diffusers' format (model_index.json and one folder per component), a
@@ -23,14 +23,19 @@ the report gives:
                       these do not perturb seconds_per_image.
   peak memory         torch.cuda.max_memory_allocated / _reserved over the timed runs.
 
-Modes: "eager" as loaded; "compiled" = the denoiser under torch.compile (SD: torch.compile(pipe.unet,
+Modes: "eager" as loaded; "model_offload" = eager under pipe.enable_model_cpu_offload(device=--device) (each
+model moved to the GPU when the pipeline calls it and back to the CPU when the next one is called:
+accelerate's cpu_offload_with_hook; the weight moves are inside seconds_per_image, and the denoiser's
+first call of each run includes its upload); "compiled" = the denoiser under torch.compile (SD: torch.compile(pipe.unet,
 mode=--compile-mode) with CUDA graphs by default; FLUX and Qwen-Image: regional compilation,
 pipe.transformer.compile_repeated_blocks(fullgraph=True), when diffusers has it), with
 --compiled-attention-backend set on the denoiser first if given (e.g. _native_cudnn: eager keeps the
 attention as loaded, compiled gets diffusers' recommended fast setup). Compiled modes get at least 2
 warm-up runs so that compilation and autotuning stay out of the timings. A mode that fails (a compile
-error, out of memory) records its error and the report goes on. Eager always runs before compiled:
-compilation changes the loaded model in place. "--modes none" with --reference-float32 runs the float32
+error, out of memory) records its error and the report goes on. The modes run in the order eager,
+model_offload, compiled: compilation changes the loaded model in place, and after model_offload the
+pipeline is put back on the GPU (remove_all_hooks, then to) when a later mode follows. With
+model_offload alone the pipeline is loaded into CPU memory and never moved whole to the GPU. "--modes none" with --reference-float32 runs the float32
 reference alone (a separate process, so that a long benchmark can be run in parts).
 
 Qwen-Image: true CFG (a second transformer call per step with the negative prompt) runs when
@@ -100,6 +105,8 @@ FAMILIES = {
 # diffusers' QwenImagePipeline.__call__ default for true_cfg_scale (and diffuse's).
 QWEN_TRUE_CFG_SCALE = 4.0
 
+# --modes, in the order they run.
+MODES = ["eager", "model_offload", "compiled"]
 COMPILE_MODES = ["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 DEFINITIONS = {
@@ -158,7 +165,8 @@ def parse_args(argv=None):
                              "diffusers' latents= argument: [B,4,H/8,W/8] SD, packed [B,(H/16)*(W/16),64] FLUX "
                              "and Qwen-Image")
     parser.add_argument("--modes", default="eager,compiled",
-                        help="comma-separated, from eager and compiled (default eager,compiled); 'none' with "
+                        help="comma-separated, from eager, model_offload (eager under "
+                             "enable_model_cpu_offload) and compiled (default eager,compiled); 'none' with "
                              "--reference-float32 runs only the float32 reference")
     parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="auto",
                         help="torch.compile mode for the compiled mode; auto = reduce-overhead (CUDA graphs) for "
@@ -192,11 +200,11 @@ def parse_args(argv=None):
             parser.error("--modes none runs nothing without --reference-float32")
         args.modes = []
     else:
-        unknown = [m for m in args.modes if m not in ("eager", "compiled")]
+        unknown = [m for m in args.modes if m not in MODES]
         if unknown or not args.modes:
-            parser.error(f"--modes takes eager and/or compiled (or none), got {','.join(args.modes) or 'nothing'}")
-    # Eager first: compiling changes the loaded denoiser in place (compile_repeated_blocks) or replaces it.
-    args.modes = sorted(set(args.modes), key=["eager", "compiled"].index)
+            parser.error(f"--modes takes {', '.join(MODES)} (or none), got {','.join(args.modes) or 'nothing'}")
+    # Compiled last: compiling changes the loaded denoiser in place (compile_repeated_blocks) or replaces it.
+    args.modes = sorted(set(args.modes), key=MODES.index)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be at least 1 and --warmup at least 0")
     for path in (args.json, args.save_tensors):
@@ -345,7 +353,8 @@ def load_pipeline(args, family, index, dtype, torch, diffusers, transformers):
             pipe.tokenizer_max_length = tokenizer.model_max_length
     for name, entry in tokenizer_report.items():
         entry["loaded"] = type(getattr(pipe, name, None)).__name__
-    pipe.to(args.device)
+    if args.modes != ["model_offload"]:  # model offload alone: the weights stay in CPU memory
+        pipe.to(args.device)
     torch.cuda.synchronize(args.device)
     seconds = time.perf_counter() - start
     pipe.set_progress_bar_config(disable=True)
@@ -594,6 +603,9 @@ def run_mode(mode, pipe, family, args, inputs, torch):
     timer = RunTimer(torch)
     device = args.device
     try:
+        if mode == "model_offload":
+            pipe.enable_model_cpu_offload(device=device)
+            entry["offload"] = f"pipe.enable_model_cpu_offload(device={device!r})"
         if mode == "compiled":
             if args.compiled_attention_backend:
                 # Before compiling, so that the compiled blocks trace the chosen backend.
@@ -630,6 +642,9 @@ def run_mode(mode, pipe, family, args, inputs, torch):
     finally:
         timer.detach()
         timer.start_run()  # drop references to events and latents
+        if mode == "model_offload" and args.modes[-1] != mode:
+            pipe.remove_all_hooks()  # the weights are in CPU memory; the next mode runs them on the GPU
+            pipe.to(device)
         torch.cuda.empty_cache()
     return entry, tensors
 
@@ -792,6 +807,8 @@ def print_table(report):
         if attention.get("requested") and not attention.get("applied"):
             backend += f" (NOT applied: {attention.get('error') or attention.get('note')})"
         how = entry.get("compile", {}).get("how", "not compiled")
+        if entry.get("offload"):
+            how += f", {entry['offload']}"
         print(f"  {name}: {how}; attention backend {backend}")
     print("s/image: wall clock of pipe(...) between torch.cuda.synchronize() calls, per image; denoiser ms / ms/step:\n"
           "CUDA events around each denoiser call / per loop iteration; peak GiB: torch.cuda.max_memory_allocated\n"

@@ -2,6 +2,8 @@
 // made-up devices and FLUX.1-dev's real sizes), and applying maps on the CPU: a transformer split
 // between "cpu" and "disk", every model under hooks, model and sequential offload, and the errors.
 
+#include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <map>
 #include <numeric>
@@ -17,6 +19,7 @@
 #include "diffuse/placement/dispatch.hpp"
 #include "diffuse/placement/load_model.hpp"
 #include "diffuse/placement/model_units.hpp"
+#include "diffuse/placement/offloaded_tensors.hpp"
 #include "diffuse/placement/planner.hpp"
 #include "support/test_support.hpp"
 
@@ -528,6 +531,47 @@ TEST(DeviceMapApplied, ModelAndSequentialOffloadGiveIdenticalOutputs) {
     EXPECT_EQ(hooks_of(*pipe.transformer()), nullptr);
     expect_same_output(pipe.generate(test::reference_request()), "model offload after sequential", device);
   }
+}
+
+TEST(DeviceMapApplied, ModelOffloadLeavesWeightsOnTheirHomeCopiesAfterEachCall) {
+  DIFFUSE_REQUIRE_FIXTURES();
+  const c10::Device device = test::test_device();
+  // Without CUDA graphs: a capture stream's library workspaces would count as GPU memory kept.
+  FluxPipeline pipe = tiny_pipeline({.cuda_graphs = false});
+  pipe.enable_model_cpu_offload(device.str());
+  const std::vector<std::pair<std::string, torch::nn::Module*>> models = {
+      {"transformer", pipe.transformer().ptr().get()}, {"text_encoder", pipe.text_encoder().ptr().get()},
+      {"text_encoder_2", pipe.text_encoder_2().ptr().get()}, {"vae", pipe.vae().ptr().get()}};
+  uint64_t smallest = UINT64_MAX;
+  for (const auto& [name, model] : models) {
+    uint64_t bytes = 0;
+    for (const at::Tensor& t : module_tensors(*model)) bytes += t.nbytes();
+    smallest = std::min(smallest, bytes);
+  }
+  // The one-device run first: the GPU libraries' workspaces for this stream exist before `start`.
+  unsplit_output(device);
+  const uint64_t start = memory_allocated(device);
+  for (int call = 0; call < 2; ++call) {
+    const std::string what = "model offload, call " + std::to_string(call + 1);
+    expect_same_output(pipe.generate(test::reference_request()), what.c_str(), device);
+    // Every weight is back on its CPU home copy, pinned once at enable when the GPU runs the models.
+    for (const auto& [name, model] : models)
+      for (const at::Tensor& t : module_tensors(*model)) {
+        ASSERT_TRUE(t.device().is_cpu()) << name << " after " << what;
+        if (device.is_cuda()) ASSERT_TRUE(t.is_pinned()) << name << " after " << what;
+      }
+    // And no weights stay on the GPU: its allocated memory is back at the start value, within less
+    // than the smallest model.
+    const uint64_t after = memory_allocated(device);
+    std::cout << "[ memory ] allocated on " << device << ": " << start << " B before, " << after << " B after "
+              << what << "; smallest model " << smallest << " B\n";
+    EXPECT_LT(after, start + smallest) << what;
+  }
+  // Ending the offload leaves the weights on the CPU, and the pipeline can move again.
+  pipe.remove_all_hooks();
+  EXPECT_TRUE(pipe.vae()->parameters().front().device().is_cpu());
+  pipe.to(device.str());
+  expect_same_output(pipe.generate(test::reference_request()), "moved after model offload", device);
 }
 
 TEST(DeviceMapApplied, PipelineBalancedMapsComponentsAndMustBeResetBeforeMoving) {

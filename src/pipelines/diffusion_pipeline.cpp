@@ -8,6 +8,7 @@
 #include "diffuse/placement/device_memory.hpp"
 #include "diffuse/placement/dispatch.hpp"
 #include "diffuse/placement/module_hooks.hpp"
+#include "diffuse/placement/offloaded_tensors.hpp"
 #include "diffuse/placement/planner.hpp"
 #include "log.hpp"
 
@@ -211,18 +212,22 @@ c10::Device DiffusionPipeline::execution_device(const std::string& component) co
   return diffuse::execution_device(*c.module());
 }
 
-DiffusionPipeline::OnDevice::OnDevice(torch::nn::Module* model, std::optional<c10::Device> device)
-    : model_(device ? model : nullptr) {
-  if (model_) model_->to(*device);
+DiffusionPipeline::OnDevice::OnDevice(OffloadedTensors* weights) : weights_(weights) {
+  if (weights_) weights_->bring_in();
 }
 
 DiffusionPipeline::OnDevice::~OnDevice() {
-  if (model_) model_->to(c10::kCPU);
+  if (weights_) weights_->drop();
 }
 
 DiffusionPipeline::OnDevice DiffusionPipeline::on_device_while_running(const std::string& component) const {
-  if (offload_ != Offload::Model) return OnDevice(nullptr, std::nullopt);
-  return OnDevice(require(component, "offloading").module().get(), offload_device_);
+  if (offload_ != Offload::Model) return OnDevice(nullptr);
+  torch::nn::Module& model = *require(component, "offloading").module();
+  std::vector<at::Tensor> tensors = module_tensors(model);
+  std::shared_ptr<OffloadedTensors>& weights = offloaded_[component];
+  if (!weights || !weights->holds(tensors))
+    weights = std::make_shared<OffloadedTensors>(std::move(tensors), offload_device_);
+  return OnDevice(weights.get());
 }
 
 bool DiffusionPipeline::can_capture_cuda_graph(const std::string& component) const {
@@ -238,6 +243,8 @@ bool DiffusionPipeline::runs_in_place_on_cuda(const std::string& component) cons
 
 void DiffusionPipeline::remove_all_hooks() {
   for (const auto& [name, model] : models()) remove_hooks(*model);
+  // The weights stay on their home copies, in (pinned) CPU memory.
+  offloaded_.clear();
   offload_ = Offload::None;
 }
 
@@ -257,7 +264,9 @@ void DiffusionPipeline::start_offload(const char* what, const std::string& devic
 
 void DiffusionPipeline::enable_model_cpu_offload(const std::string& device) {
   start_offload("enable_model_cpu_offload", device);
-  for (const auto& [name, model] : models()) model->to(c10::kCPU);
+  // Every model to CPU memory, pinned once here when it runs on CUDA.
+  for (const auto& [name, model] : models())
+    offloaded_[name] = std::make_shared<OffloadedTensors>(module_tensors(*model), offload_device_);
   offload_ = Offload::Model;
 }
 

@@ -35,6 +35,12 @@ uint64_t gpu_peak_allocated(int index) {
   return static_cast<uint64_t>(stats.allocated_bytes[0].peak);
 }
 
+uint64_t gpu_allocated(int index) {
+  initialize_cuda();
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+  return static_cast<uint64_t>(stats.allocated_bytes[0].current);
+}
+
 void gpu_reset_peak(int index) {
   initialize_cuda();
   c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(index));

@@ -55,10 +55,15 @@ void reset_peak_memory(c10::Device device) {
   if (device.is_cuda()) gpu_reset_peak(device.has_index() ? device.index() : 0);
 }
 
+uint64_t memory_allocated(c10::Device device) {
+  return device.is_cuda() ? gpu_allocated(device.has_index() ? device.index() : 0) : 0;
+}
+
 #if !DIFFUSE_HAS_CUDA
 // Without CUDA no GPU is ever present (gpu_count() is 0), so these are never reached with one.
 uint64_t gpu_available_memory(int index) { throw Error("this build of diffuse has no CUDA"); }
 uint64_t gpu_peak_allocated(int) { return 0; }
+uint64_t gpu_allocated(int) { return 0; }
 void gpu_reset_peak(int) {}
 #endif
 

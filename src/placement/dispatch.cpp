@@ -5,6 +5,7 @@
 #include "diffuse/error.hpp"
 #include "diffuse/placement/memory_size.hpp"
 #include "diffuse/placement/module_hooks.hpp"
+#include "diffuse/placement/offloaded_tensors.hpp"
 
 namespace diffuse {
 namespace {
@@ -32,29 +33,25 @@ class ExecuteOnHook : public ModuleHook {
   c10::Device device_;
 };
 
-// A unit whose weights stay in CPU memory and are copied in for each run.
+// A unit whose weights stay in CPU memory (pinned home copies) and are copied in for each run.
 class CpuOffloadHook : public ModuleHook {
  public:
-  CpuOffloadHook(c10::Device device, std::vector<UnitTensor> tensors) : device_(device), tensors_(std::move(tensors)) {
-    for (const auto& t : tensors_) home_.push_back(t.tensor.data());
-  }
+  CpuOffloadHook(c10::Device device, const std::vector<UnitTensor>& tensors, bool pin)
+      : weights_(plain_tensors(tensors), device, pin) {}
   c10::Device pre_forward() override {
-    at::NoGradGuard no_grad;
-    // From pinned memory the copies are asynchronous, ordered before the unit's kernels on the stream.
-    for (size_t i = 0; i < tensors_.size(); ++i)
-      tensors_[i].tensor.set_data(home_[i].to(home_[i].options().device(device_), /*non_blocking=*/true));
-    return device_;
+    weights_.bring_in();
+    return weights_.device();
   }
-  void post_forward() noexcept override { detach(); }
-  void detach() override {
-    at::NoGradGuard no_grad;
-    for (size_t i = 0; i < tensors_.size(); ++i) tensors_[i].tensor.set_data(home_[i]);
-  }
+  void post_forward() noexcept override { weights_.drop(); }
+  void detach() override { weights_.drop(); }
 
  private:
-  c10::Device device_;
-  std::vector<UnitTensor> tensors_;
-  std::vector<at::Tensor> home_;  // the CPU copies
+  static std::vector<at::Tensor> plain_tensors(const std::vector<UnitTensor>& tensors) {
+    std::vector<at::Tensor> out;
+    for (const auto& t : tensors) out.push_back(t.tensor);
+    return out;
+  }
+  OffloadedTensors weights_;
 };
 
 // A unit whose weights are read from the checkpoint's mmap for each run and dropped after.
@@ -172,13 +169,7 @@ void dispatch_model(torch::nn::Module& model, const DeviceMap& map, const Dispat
                       options.checkpoint->source().string() + " has no tensor '" + t.name + "'");
       hook = std::make_shared<DiskOffloadHook>(offload_device, *options.checkpoint, std::move(tensors));
     } else if (device == "cpu" && !offload_device.is_cpu()) {
-      const bool pin = options.pin_memory && offload_device.is_cuda();
-      for (auto& t : tensors) {
-        at::Tensor home = t.tensor.to(c10::kCPU);
-        if (pin) home = home.pin_memory();
-        t.tensor.set_data(home);
-      }
-      hook = std::make_shared<CpuOffloadHook>(offload_device, std::move(tensors));
+      hook = std::make_shared<CpuOffloadHook>(offload_device, tensors, options.pin_memory);
     } else {
       const c10::Device target = device == "cpu" ? c10::Device(c10::kCPU) : c10::Device(device);
       for (auto& t : tensors)

@@ -36,6 +36,7 @@ namespace diffuse {
 
 class Communicator;  // diffuse/distributed/communicator.hpp
 class ParallelMesh;  // diffuse/parallel/parallel_mesh.hpp
+class OffloadedTensors;  // diffuse/placement/offloaded_tensors.hpp
 
 struct PipelineOptions {
   c10::ScalarType dtype = c10::kFloat;  // of the models' weights and compute
@@ -191,15 +192,18 @@ class DiffusionPipeline {
 
   // Under model CPU offload, keeps `component` on the offload device while it lives (else nothing):
   //   { const auto running = on_device_while_running("unet"); ... unet->forward(...) ... }
+  // Its weights are copied in from their pinned home copies, asynchronously on the current stream (the
+  // kernels that follow wait for them), and on the way out pointed back at those copies: nothing is
+  // copied back (diffuse/placement/offloaded_tensors.hpp).
   class OnDevice {
    public:
-    OnDevice(torch::nn::Module* model, std::optional<c10::Device> device);
+    explicit OnDevice(OffloadedTensors* weights);
     ~OnDevice();
     OnDevice(const OnDevice&) = delete;
     OnDevice& operator=(const OnDevice&) = delete;
 
    private:
-    torch::nn::Module* model_;
+    OffloadedTensors* weights_;
   };
   OnDevice on_device_while_running(const std::string& component) const;
 
@@ -255,6 +259,10 @@ class DiffusionPipeline {
   Offload offload_ = Offload::None;
   bool cuda_graphs_ = true;
   c10::Device offload_device_ = c10::kCPU;
+  // Under model offload, each model component's weights with their CPU home copies, made (and pinned)
+  // by enable_model_cpu_offload; remade by on_device_while_running for a component whose tensors
+  // changed since (a replaced component, a parameter registered later).
+  mutable std::map<std::string, std::shared_ptr<OffloadedTensors>> offloaded_;
 };
 
 }  // namespace diffuse

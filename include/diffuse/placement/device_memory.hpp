@@ -25,5 +25,8 @@ MemoryBudget get_max_memory(const MaxMemory& max_memory);
 // 0 for the CPU).
 uint64_t peak_memory_allocated(c10::Device device);
 void reset_peak_memory(c10::Device device);
+// The bytes libtorch's allocator holds for tensors on `device` now (torch.cuda.memory_allocated; CUDA
+// only, 0 for the CPU).
+uint64_t memory_allocated(c10::Device device);
 
 }  // namespace diffuse

@@ -3,7 +3,7 @@
 // dispatch_model). Each unit gets a hook (placement/module_hooks.hpp):
 // - on a GPU: its weights live there, and its inputs are moved there when it runs;
 // - on "cpu": its weights stay in CPU memory (pinned when they run on CUDA) and are copied to the
-//   execution device when the unit runs, then released;
+//   execution device when the unit runs, then released (placement/offloaded_tensors.hpp);
 // - on "disk": its weights are dropped and read from the checkpoint's safetensors mmap, straight to the
 //   execution device, when the unit runs, then released.
 // The execution device of "cpu" and "disk" units is the map's first GPU (the CPU without a GPU).
