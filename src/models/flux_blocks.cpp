@@ -98,6 +98,20 @@ bool FluxAttentionImpl::qkv_projections_fused() const {
   return fused;
 }
 
+bool fuse_qkv_projections_in(torch::nn::Module& model) {
+  bool all = true;
+  for (const auto& module : model.modules(/*include_self=*/false))
+    if (auto* attention = dynamic_cast<FluxAttentionImpl*>(module.get())) all = attention->fuse_qkv_projections() && all;
+  return all;
+}
+
+bool qkv_projections_fused_in(const torch::nn::Module& model) {
+  for (const auto& module : model.modules(/*include_self=*/false))
+    if (const auto* attention = dynamic_cast<const FluxAttentionImpl*>(module.get()))
+      if (!attention->qkv_projections_fused()) return false;
+  return true;
+}
+
 at::Tensor FluxAttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   if (settings->mesh)

@@ -106,22 +106,9 @@ RotaryEmbedding FluxTransformer2DModelImpl::rotary_embedding(const at::Tensor& t
                         kRopeTheta);
 }
 
-bool FluxTransformer2DModelImpl::fuse_qkv_projections() {
-  bool all = true;
-  for (const auto& block : *transformer_blocks)
-    all = block->as<FluxTransformerBlockImpl>()->attn->fuse_qkv_projections() && all;
-  for (const auto& block : *single_transformer_blocks)
-    all = block->as<FluxSingleTransformerBlockImpl>()->attn->fuse_qkv_projections() && all;
-  return all;
-}
+bool FluxTransformer2DModelImpl::fuse_qkv_projections() { return fuse_qkv_projections_in(*this); }
 
-bool FluxTransformer2DModelImpl::qkv_projections_fused() const {
-  for (const auto& block : *transformer_blocks)
-    if (!block->as<FluxTransformerBlockImpl>()->attn->qkv_projections_fused()) return false;
-  for (const auto& block : *single_transformer_blocks)
-    if (!block->as<FluxSingleTransformerBlockImpl>()->attn->qkv_projections_fused()) return false;
-  return true;
-}
+bool FluxTransformer2DModelImpl::qkv_projections_fused() const { return qkv_projections_fused_in(*this); }
 
 void FluxTransformer2DModelImpl::enable_parallelism(const ContextParallelConfig& config,
                                                     std::shared_ptr<Communicator> world) {

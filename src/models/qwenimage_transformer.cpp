@@ -214,18 +214,9 @@ at::Tensor QwenImageTransformer2DModelImpl::forward_tokens(const at::Tensor& ima
   return forward_unit(*proj_out, forward_unit(*norm_out, hidden_states, temb));
 }
 
-bool QwenImageTransformer2DModelImpl::fuse_qkv_projections() {
-  bool all = true;
-  for (const auto& block : *transformer_blocks)
-    all = block->as<QwenImageTransformerBlockImpl>()->attn->fuse_qkv_projections() && all;
-  return all;
-}
+bool QwenImageTransformer2DModelImpl::fuse_qkv_projections() { return fuse_qkv_projections_in(*this); }
 
-bool QwenImageTransformer2DModelImpl::qkv_projections_fused() const {
-  for (const auto& block : *transformer_blocks)
-    if (!block->as<QwenImageTransformerBlockImpl>()->attn->qkv_projections_fused()) return false;
-  return true;
-}
+bool QwenImageTransformer2DModelImpl::qkv_projections_fused() const { return qkv_projections_fused_in(*this); }
 
 std::vector<std::string> QwenImageTransformer2DModelImpl::unit_containers() const { return {"", "transformer_blocks"}; }
 

@@ -97,6 +97,11 @@ class FluxAttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(FluxAttention);
 
+// fuse_qkv_projections / qkv_projections_fused over every FluxAttention inside `model` (the FLUX and
+// Qwen-Image transformers' blocks): whether every one is now fused / is fused.
+bool fuse_qkv_projections_in(torch::nn::Module& model);
+bool qkv_projections_fused_in(const torch::nn::Module& model);
+
 // What a FLUX block returns: both streams, text first as diffusers returns them.
 struct FluxBlockOutput {
   at::Tensor encoder_hidden_states;  // [batch, text_seq, dim]
