@@ -89,6 +89,9 @@ after each resolution, so a run cut short keeps what it finished).
                                they are never fused
   --check                      with context parallelism: also run each size on every rank alone and
                                report the parallel output's relative error against it
+  --check-float32              one process: after timing, compare each size's output with the same
+                               weights and inputs in float32 (the model converted, TF32 off), and with
+                               q/k/v unfused: the difference the bfloat16 fusions make (printed)
   --trace DIR                  after timing, profile 2 more calls per resolution and write a Chrome
                                trace (Kineto: every kernel with its time) to DIR/trace_HxW_rankR.json
   --help                       this text
@@ -145,6 +148,7 @@ struct Arguments {
   std::string attention_backend = "auto";
   std::string trace;  // folder for a profiler trace of each resolution (CUDA, libtorch 2.x)
   bool check = false;
+  bool check_float32 = false;
   bool cuda_graphs = false;
   bool fuse_qkv = true;  // on CUDA only, as FluxPipeline
 };
@@ -192,6 +196,7 @@ Arguments parse(int argc, char** argv) {
     else if (flag == "--attention-backend") a.attention_backend = value();
     else if (flag == "--trace") a.trace = value();
     else if (flag == "--check") a.check = true;
+    else if (flag == "--check-float32") a.check_float32 = true;
     else if (flag == "--cuda-graphs") a.cuda_graphs = true;
     else if (flag == "--no-fuse-qkv") a.fuse_qkv = false;
     else usage_error("unknown option '" + flag + "' (see --help)");
@@ -486,6 +491,43 @@ int count_only(const Arguments& args) {
   return 0;
 }
 
+// --check-float32: each timed size's inputs and output, compared after timing.
+struct PrecisionCase {
+  Resolution resolution;
+  diffuse::FluxTransformerInputs inputs;
+  at::Tensor output;  // as timed, in float32
+};
+
+diffuse::FluxTransformerInputs to_float32(diffuse::FluxTransformerInputs in) {
+  for (at::Tensor* t : {&in.hidden_states, &in.encoder_hidden_states, &in.pooled_projections, &in.timestep,
+                        &in.img_ids, &in.txt_ids, &in.guidance})
+    if (t->defined()) *t = t->to(at::kFloat);
+  return in;
+}
+
+// How far the timed outputs are from the same weights in float32, and what fusing q/k/v changes in
+// the low-precision call. Destructive, so it runs last: the weights are first given a storage each
+// (fuse_qkv_projections undone: three products again), then converted to float32.
+void check_against_float32(diffuse::FluxTransformer2DModel& model, const std::vector<PrecisionCase>& cases) {
+  auto relative = [](const at::Tensor& a, const at::Tensor& b) {
+    return ((a - b).abs().max() / b.abs().max()).item<double>();
+  };
+  const bool was_fused = model->qkv_projections_fused();
+  for (at::Tensor& p : model->parameters()) p.set_data(p.data().clone());
+  std::vector<at::Tensor> unfused;
+  for (const PrecisionCase& c : cases) unfused.push_back(model->forward(c.inputs).to(at::kFloat));
+  at::globalContext().setFloat32MatmulPrecision("highest");  // no TF32 in the reference
+  model->to(at::kFloat);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const at::Tensor reference = model->forward(to_float32(cases[i].inputs));
+    std::cout << cases[i].resolution.height << "x" << cases[i].resolution.width
+              << " against float32 (max|a-b|/max|b|): as timed (q/k/v " << (was_fused ? "fused" : "unfused") << ") "
+              << significant(relative(cases[i].output, reference)) << ", q/k/v unfused "
+              << significant(relative(unfused[i], reference)) << "; as timed against unfused "
+              << significant(relative(cases[i].output, unfused[i])) << std::endl;
+  }
+}
+
 int run(const Arguments& args) {
   diffuse::DistributedOptions dist_options;
   if (!args.device.empty()) dist_options.device = args.device;
@@ -506,6 +548,8 @@ int run(const Arguments& args) {
     throw Error("context parallelism over " + std::to_string(degree) +
                 " ranks needs that many processes: start this program with diffuse-launch --nproc-per-node " +
                 std::to_string(degree) + " (or torchrun --no-python)");
+  if (args.check_float32 && dist.world_size() > 1)
+    throw Error("--check-float32 compares one process's calls; run it without the launcher");
 
   const diffuse::FluxTransformerConfig config = config_of(args);
 
@@ -556,6 +600,7 @@ int run(const Arguments& args) {
               << (fused_qkv ? "; q/k/v fused" : "") << std::endl;
   }
 
+  std::vector<PrecisionCase> precision_cases;
   for (size_t i = 0; i < args.resolutions.size(); ++i) {
     const Resolution& resolution = args.resolutions[i];
     Result result;
@@ -646,8 +691,10 @@ int run(const Arguments& args) {
                 << " has infinities or NaNs" << std::endl;
     run.results.push_back(std::move(result));
     if (!args.json.empty()) write_atomically(args.json, to_json(run));
+    if (args.check_float32) precision_cases.push_back({resolution, inputs, out});
   }
   if (main_rank && !args.json.empty()) std::cout << "wrote " << args.json << std::endl;
+  if (!precision_cases.empty()) check_against_float32(model, precision_cases);
   return 0;
 }
 
