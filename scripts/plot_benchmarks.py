@@ -75,7 +75,7 @@ def same_run_table(rows, measured):
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     for size in sorted({(row["pixels"], row["size"]) for row in rows if row["gpus"] == 1}):
         here = {row["mode"]: row for row in rows if row["gpus"] == 1 and row["size"] == size[1]}
-        side = int(size[1].split("x")[0]) if size[1].split("x")[0] == size[1].split("x")[1] else None
+        side = next(iter(here.values()))["square"]
         ours = [here[m]["ours"] if m in here else None for m in ours_modes]
         diff = [measured[m].get(side) for m in theirs]
         targets = [here[m]["target"] for m in ours_modes if m in here and here[m]["target"]]
@@ -112,6 +112,7 @@ def load_rows(paths):
                 "sort": (gpus, order.get(run.get("mode"), 9), run.get("ring_degree", 1), height * width),
                 "size": size_label(height, width),
                 "pixels": height * width,
+                "square": square,  # the side where diffusers' numbers apply, else None
                 "device": run.get("device", "?"),
                 "shape": run.get("shape", "?"),
                 "ours": result["ms_median"],
@@ -224,8 +225,8 @@ def main():
         measured = load_diffusers(args.diffusers)
         # The one-GPU rows compare with diffusers compiled in the same run, not the published eager numbers.
         for row in rows:
-            if row["gpus"] == 1 and row["size"].split("x")[0] == row["size"].split("x")[1]:
-                row["diffusers"] = measured.get("compiled", {}).get(int(row["size"].split("x")[0]), row["diffusers"])
+            if row["gpus"] == 1 and row["square"]:
+                row["diffusers"] = measured.get("compiled", {}).get(row["square"], row["diffusers"])
     table = markdown_table(rows, "diffusers: one-GPU rows compiled, in this run" if args.diffusers else None)
     if args.diffusers:
         table += "\nOne GPU, ms per call (median), both programs in this run:\n\n" + same_run_table(rows, measured)
