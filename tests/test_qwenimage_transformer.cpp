@@ -117,8 +117,8 @@ TEST(QwenImageTransformer, MatchesDiffusersOnStep0InFloat32) {
 }
 
 // fuse_qkv_projections (one GEMM per stream over weights re-laid as views of one storage): the same
-// output as three products, the checkpoint's names and values unchanged, and still diffusers' result
-// with a padded text mask (the negative pass) as without.
+// outputs as three products, for the prompt and for the negative prompt (whose text mask pads), the
+// checkpoint's names and values unchanged, and the prompt's output still diffusers'.
 TEST(QwenImageTransformer, FusedQkvProjectionsGiveTheSameOutputs) {
   REQUIRE_QWEN_FIXTURES();
   const c10::Device device = test::test_device();
