@@ -107,11 +107,6 @@ int main(int argc, char** argv) {
     const cli::GenerationOptions& generation = args.generation;
     diffuse::GenerateRequest request = generation.request();
     if (args.quiet) request.progress = false;
-    if (!generation.latents_file.empty()) {
-      diffuse::SafetensorsFile file(generation.latents_file);
-      if (!file.contains("latents")) throw diffuse::Error(generation.latents_file + ": no tensor named 'latents'");
-      request.latents = file.load("latents", at::kFloat);
-    }
     // Check the output paths before the work, so that a typo costs nothing.
     for (const std::string& path : {args.output, generation.save_tensors}) {
       if (path.empty()) continue;

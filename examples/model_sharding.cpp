@@ -7,11 +7,17 @@
 // The image is the one generate makes with the same arguments and seed.
 //
 //   model_sharding --model DIR --prompt "a cat" [--negative-prompt TEXT --height N --width N --steps N
-//                  --guidance X --true-cfg-scale X --seed 0 --dtype bfloat16 --device cuda --output cat.png]
+//                  --guidance X --true-cfg-scale X --seed 0 --latents FILE --dtype bfloat16 --device cuda
+//                  --output cat.png --save-tensors stages.safetensors]
+//
+// --save-tensors writes each stage's output: the embeddings (prompt_embeds, pooled_prompt_embeds,
+// negative_prompt_embeds and the masks, as the family makes them), the final latents and the image.
 
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cli/options.hpp"
 #include "diffuse/diffuse.hpp"
@@ -39,9 +45,15 @@ Arguments parse(int argc, char** argv) {
   cli::add_model_options(app, a.model);
   cli::add_generation_options(app, a.generation,
                               {Gen::Prompt, Gen::NegativePrompt, Gen::Size, Gen::Steps, Gen::Guidance,
-                               Gen::TrueCfgScale, Gen::Seed, Gen::MaxSequenceLength, Gen::SaveTensors});
+                               Gen::TrueCfgScale, Gen::Seed, Gen::MaxSequenceLength, Gen::Latents, Gen::SaveTensors});
   app.get_option("--prompt")->description("the prompt (one)")->required();
   app.get_option("--negative-prompt")->description("what the image should not show (one; SD, Qwen-Image)");
+  app.get_option("--save-tensors")
+      ->description(
+          "also write each stage's output to this safetensors file: float32 prompt_embeds,\n"
+          "pooled_prompt_embeds (FLUX.1), negative_prompt_embeds (under guidance), int64\n"
+          "prompt_embeds_mask / negative_prompt_embeds_mask (Qwen-Image, padded rows),\n"
+          "latents and image [1, 3, H, W] in [0, 1]");
   cli::add_text(app, "--output", a.output, "FILE", "the PNG to write");
   cli::parse(app, argc, argv);
   if (a.generation.prompts.size() > 1)
@@ -101,8 +113,20 @@ int main(int argc, char** argv) {
     std::cout << "3. decoded with " << parts.vae << ": " << output << " (" << denoised.width << "x" << denoised.height
               << ")\n";
     if (!generation.save_tensors.empty()) {
-      diffuse::save_safetensors(generation.save_tensors, {{"latents", denoised.latents.to(at::kCPU, at::kFloat)},
-                                                          {"image", image.to(at::kFloat)}});
+      // Each stage's output, so that a comparison with another implementation can say which stage
+      // differs (scripts/compare_diffusers.py --save-tensors writes diffusers' under the same names).
+      std::vector<std::pair<std::string, at::Tensor>> tensors;
+      const auto keep = [&](const std::string& name, const at::Tensor& t, at::ScalarType dtype) {
+        if (t.defined()) tensors.emplace_back(name, t.to(at::kCPU, dtype).contiguous());
+      };
+      keep("prompt_embeds", embeddings.prompt_embeds, at::kFloat);
+      keep("pooled_prompt_embeds", embeddings.pooled_prompt_embeds, at::kFloat);
+      keep("negative_prompt_embeds", embeddings.negative_prompt_embeds, at::kFloat);
+      keep("prompt_embeds_mask", embeddings.prompt_embeds_mask, at::kLong);
+      keep("negative_prompt_embeds_mask", embeddings.negative_prompt_embeds_mask, at::kLong);
+      keep("latents", denoised.latents, at::kFloat);
+      keep("image", image, at::kFloat);
+      diffuse::save_safetensors(generation.save_tensors, tensors);
       std::cout << "tensors: " << generation.save_tensors << "\n";
     }
   } catch (const diffuse::Error& e) {

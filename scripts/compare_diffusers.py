@@ -51,7 +51,16 @@ torch.Generator("cpu") seeded with --seed. --save-tensors writes, per mode, "MOD
 [B, 3, H, W] in [0, 1]) and "MODE.latents" (float32, the final latents before VAE scaling, packed for
 FLUX and Qwen-Image), and with --reference-float32 "float32_reference.image" / ".latents" from one
 float32 eager run with TF32 off: compare diffuse's `generate --save-tensors` output with
-scripts/compare_outputs.py.
+scripts/compare_outputs.py. It also writes "text.prompt_embeds" (and "text.pooled_prompt_embeds",
+"text.negative_prompt_embeds", "text.prompt_embeds_mask", "text.negative_prompt_embeds_mask" where the
+family makes them) from the pipeline's own encode_prompt, one image per prompt: diffuse's
+`model_sharding --save-tensors` writes its embeddings under the same names without "text.", so a
+difference can be traced to the text side or to the denoiser.
+
+--embeddings FILE runs every mode from those embeddings instead of the prompts: a safetensors file with
+float32 prompt_embeds (and pooled_prompt_embeds for FLUX; negative_prompt_embeds for guidance; int64
+masks for Qwen-Image, all positions valid where absent), as model_sharding --save-tensors writes them.
+With diffuse's embeddings in, the two programs' latents differ only by the denoiser and scheduler.
 
 Needs torch with CUDA and diffusers' source on PYTHONPATH (or installed); transformers for the text
 encoders; the safetensors package is optional.
@@ -164,6 +173,10 @@ def parse_args(argv=None):
                         help="safetensors (or .pt) file with a float32 tensor 'latents' in the shape of "
                              "diffusers' latents= argument: [B,4,H/8,W/8] SD, packed [B,(H/16)*(W/16),64] FLUX "
                              "and Qwen-Image")
+    parser.add_argument("--embeddings", metavar="FILE",
+                        help="safetensors file with prompt_embeds (pooled_prompt_embeds, negative_prompt_embeds, "
+                             "masks) to run from instead of encoding --prompt, as diffuse's model_sharding "
+                             "--save-tensors writes them")
     parser.add_argument("--modes", default="eager,compiled",
                         help="comma-separated, from eager, model_offload (eager under "
                              "enable_model_cpu_offload) and compiled (default eager,compiled); 'none' with "
@@ -207,6 +220,8 @@ def parse_args(argv=None):
     args.modes = sorted(set(args.modes), key=MODES.index)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be at least 1 and --warmup at least 0")
+    if args.embeddings and not os.path.isfile(args.embeddings):
+        parser.error(f"--embeddings {args.embeddings}: no such file")
     for path in (args.json, args.save_tensors):
         parent = os.path.dirname(os.path.abspath(path)) if path else None
         if parent and not os.path.isdir(parent):
@@ -400,6 +415,67 @@ def load_latents(path, expected_shape, torch):
     return latents
 
 
+# What encode_prompt makes, by family, under the names diffuse's model_sharding --save-tensors uses.
+EMBEDDING_NAMES = ["prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "prompt_embeds_mask",
+                   "negative_prompt_embeds_mask"]
+
+
+def encode_prompts(pipe, family, args, prompts, guidance, true_cfg, torch):
+    """diffusers' encode_prompt for the run's prompts, one image per prompt, as {name: float32/int64 CPU tensor}.
+
+    The negative prompts are encoded where the call would use them: SD under classifier-free guidance
+    ("" when none is given), Qwen-Image under true CFG. A mask that diffusers drops (every position
+    valid) is absent, as in diffuse's file.
+    """
+    device = args.device
+    negatives = [args.negative_prompt] * len(prompts) if args.negative_prompt is not None else None
+    out = {}
+    with torch.no_grad():
+        if family.name == "flux":
+            embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device,
+                                                   num_images_per_prompt=1,
+                                                   max_sequence_length=args.max_sequence_length)
+            out.update(prompt_embeds=embeds, pooled_prompt_embeds=pooled)
+        elif family.name == "sd":
+            embeds, negative = pipe.encode_prompt(prompts, device, 1, guidance is not None and guidance > 1,
+                                                  negative_prompt=negatives)
+            out.update(prompt_embeds=embeds, negative_prompt_embeds=negative)
+        else:
+            embeds, mask = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
+                                              max_sequence_length=args.max_sequence_length)
+            out.update(prompt_embeds=embeds, prompt_embeds_mask=mask)
+            if true_cfg:
+                negative, negative_mask = pipe.encode_prompt(prompt=negatives, device=device, num_images_per_prompt=1,
+                                                             max_sequence_length=args.max_sequence_length)
+                out.update(negative_prompt_embeds=negative, negative_prompt_embeds_mask=negative_mask)
+    return {name: (t.long() if name.endswith("_mask") else t.float()).cpu()
+            for name, t in out.items() if t is not None}
+
+
+def load_embeddings(path, family, dtype, device, torch):
+    """The call's embedding arguments from --embeddings (see EMBEDDING_NAMES), on the device.
+
+    Qwen-Image: diffusers runs true CFG only when negative embeddings come with a mask, so a
+    negative without one gets a mask of ones (diffuse leaves it out when every position is valid).
+    """
+    names = safetensors_io.tensor_names(path)
+    if "prompt_embeds" not in names:
+        sys.exit(f"compare_diffusers: --embeddings {path}: no tensor named 'prompt_embeds' (it has: {', '.join(names)})")
+    if family.name == "flux" and "pooled_prompt_embeds" not in names:
+        sys.exit(f"compare_diffusers: --embeddings {path}: FLUX needs 'pooled_prompt_embeds' too")
+    kwargs = {}
+    for name in EMBEDDING_NAMES:
+        if name in names:
+            tensor = safetensors_io.load_tensor(path, name)
+            kwargs[name] = tensor.to(device, torch.long if name.endswith("_mask") else dtype)
+    if family.name == "qwen-image":
+        for prefix in ("", "negative_"):
+            embeds = kwargs.get(prefix + "prompt_embeds")
+            if embeds is not None and prefix + "prompt_embeds_mask" not in kwargs:
+                kwargs[prefix + "prompt_embeds_mask"] = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
+    return kwargs
+
+
 def apply_attention_backend(pipe, family, backend):
     """set_attention_backend(backend) on the denoiser, and how many attention processors took it.
 
@@ -496,12 +572,14 @@ class RunTimer:
         return run
 
 
-def call_kwargs(family, args, prompts, latents, height, width, steps, guidance, timer):
-    """The keyword arguments of one pipe(...) call, with a fresh CPU generator so every run is the same."""
+def call_kwargs(family, args, prompts, latents, height, width, steps, guidance, timer, embeddings=None):
+    """The keyword arguments of one pipe(...) call, with a fresh CPU generator so every run is the same.
+
+    embeddings: from load_embeddings, passed instead of the prompts (and negative prompts)."""
     import torch
 
     kwargs = {
-        "prompt": prompts,
+        "prompt": prompts if embeddings is None else None,
         "height": height,
         "width": width,
         "num_inference_steps": steps,
@@ -515,7 +593,9 @@ def call_kwargs(family, args, prompts, latents, height, width, steps, guidance, 
     }
     if guidance is not None:  # Qwen-Image: None unless --guidance (diffusers' default there)
         kwargs["guidance_scale"] = guidance
-    if family.name in ("sd", "qwen-image") and args.negative_prompt is not None:
+    if embeddings is not None:
+        kwargs.update(embeddings)
+    elif family.name in ("sd", "qwen-image") and args.negative_prompt is not None:
         # One per prompt: diffusers encodes the negative prompts as a batch of their own.
         kwargs["negative_prompt"] = [args.negative_prompt] * len(prompts)
     if family.name in ("flux", "qwen-image"):
@@ -704,6 +784,9 @@ def run_float32_reference(args, family, index, inputs, latents_cpu, torch, diffu
         run_inputs = dict(inputs)
         if latents_cpu is not None:
             run_inputs["latents"] = latents_cpu.to(args.device, torch.float32)
+        if run_inputs.get("embeddings"):
+            run_inputs["embeddings"] = {name: t if name.endswith("_mask") else t.float()
+                                        for name, t in run_inputs["embeddings"].items()}
         torch.cuda.reset_peak_memory_stats(args.device)
         seconds, images = timed_call(pipe, call_kwargs(family, args, timer=timer, **run_inputs), args.device, torch)
         entry["seconds"] = seconds
@@ -865,6 +948,7 @@ def main(argv=None):
         "max_sequence_length": args.max_sequence_length if family.name in ("flux", "qwen-image") else None,
         "seed": args.seed,
         "latents_file": os.path.abspath(args.latents) if args.latents else None,
+        "embeddings_file": os.path.abspath(args.embeddings) if args.embeddings else None,
         "warmup": args.warmup,
         "repeats": args.repeats,
         "load_seconds": None,
@@ -891,11 +975,20 @@ def main(argv=None):
         latents_cpu = load_latents(args.latents, expected_latents_shape(pipe, family, batch, height, width), torch)
     inputs = {"prompts": prompts, "height": height, "width": width, "steps": steps, "guidance": guidance,
               "latents": latents_cpu.to(args.device, dtype) if latents_cpu is not None else None}
+    if args.embeddings:
+        inputs["embeddings"] = load_embeddings(args.embeddings, family, dtype, args.device, torch)
+        rows = inputs["embeddings"]["prompt_embeds"].shape[0]
+        if rows != len(prompts):
+            sys.exit(f"compare_diffusers: --embeddings {args.embeddings}: {rows} rows of prompt_embeds, but "
+                     f"{len(prompts)} prompts (give one --prompt per row; they are not encoded)")
     if not reference_only:  # the reference keeps the attention as loaded
         report["attention_backend"] = apply_attention_backend(pipe, family, args.attention_backend)
     write_report(report, args.json)
 
     saved = {}
+    if args.save_tensors and not reference_only:
+        encoded = encode_prompts(pipe, family, args, prompts, guidance, true_cfg, torch)
+        saved.update({f"text.{name}": tensor for name, tensor in encoded.items()})
     for mode in args.modes:
         print(f"mode {mode} ...", flush=True)
         entry, tensors = run_mode(mode, pipe, family, args, inputs, torch)

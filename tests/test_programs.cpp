@@ -151,6 +151,29 @@ TEST(ModelShardingProgram, ReproducesGenerateOnEveryFamily) {
     const int levels = (pixels - expected).abs().max().item<int>();
     std::printf("[ measured ] %sPNG: max pixel difference %d levels\n", what.c_str(), levels);
     EXPECT_LE(levels, 1);
+
+    // --save-tensors also holds stage 1's output: the fixture's embeddings (and masks) under diffusers' names.
+    const SafetensorsFile reference(*test::fixtures_dir() / fixture / "reference.safetensors");
+    for (const char* name : {"prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds"}) {
+      ASSERT_EQ(a.contains(name), reference.contains(name)) << name;
+      if (a.contains(name)) EXPECT_TENSORS_CLOSE(a.load(name), reference.load(name), 1e-4) << name;
+    }
+    for (const char* name : {"prompt_embeds_mask", "negative_prompt_embeds_mask"}) {
+      if (!reference.contains(name)) continue;
+      const at::Tensor expected = reference.load(name, at::kLong);
+      // No mask written: every position is valid (diffusers passes None then).
+      if (a.contains(name)) EXPECT_TRUE(at::equal(a.load(name), expected)) << name;
+      else EXPECT_TRUE(expected.eq(1).all().item<bool>()) << name << " absent but the reference masks positions";
+    }
+
+    // Given latents (--latents), stage 2 starts from them: the fixture's final latents.
+    save_safetensors(dir / "init.safetensors", {{"latents", reference.load("latents_init")}});
+    const ProgramRun given = run("model_sharding", with(args, {"--output", (dir / "given.png").string(), "--latents",
+                                                                (dir / "init.safetensors").string(), "--save-tensors",
+                                                                (dir / "given.safetensors").string()}));
+    ASSERT_EQ(given.exit_code, 0) << given.output;
+    EXPECT_TENSORS_CLOSE(SafetensorsFile(dir / "given.safetensors").load("latents"), reference.load("latents_final"),
+                         1e-4);
   }
 }
 

@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "diffuse/error.hpp"
+#include "diffuse/io/safetensors.hpp"
 #include "diffuse/models/attention_backend.hpp"
 
 namespace diffuse::cli {
@@ -190,6 +191,11 @@ diffuse::GenerateRequest GenerationOptions::request() const {
   request.max_sequence_length = max_sequence_length;
   request.num_images_per_prompt = num_images_per_prompt;
   request.output_type = diffuse::parse_output_type(output_type);
+  if (!latents_file.empty()) {
+    diffuse::SafetensorsFile file(latents_file);
+    if (!file.contains("latents")) throw diffuse::Error(latents_file + ": no tensor named 'latents'");
+    request.latents = file.load("latents", at::kFloat);
+  }
   return request;
 }
 

@@ -93,7 +93,8 @@ struct GenerationOptions {
   std::string attention_backend = "auto";  // a pipeline option, not part of the request
 
   // The request these options describe: prompts, sizes, steps, guidance, seed, sequence length,
-  // images per prompt and output type. Initial latents (latents_file) are the program's to load.
+  // images per prompt, output type and the initial latents read from latents_file. Throws
+  // diffuse::Error when that file cannot be read or has no "latents" tensor.
   diffuse::GenerateRequest request() const;
 };
 
