@@ -9,6 +9,7 @@
 #     backend), each REPEATS timed runs after its warm-up runs, and eager under
 #     enable_model_cpu_offload (mode model_offload),
 #   optionally a float32 diffusers run as the reference (a separate process),
+#   optionally (part stages) each stage's output of both programs in float32 and in bfloat16,
 # and the outputs compared (scripts/compare_outputs.py: max|a-b|/max|b| of the image and latents).
 #
 #   FAMILY=qwenimage scripts/benchmark_e2e.sh OUT_DIR BUILD_DIR DIFFUSERS_SRC
@@ -34,8 +35,15 @@
 #                         the GPU and in host memory while loading; FLUX ~68 GB); 0: compare with
 #                         diffusers' bfloat16 eager run only. Default 1 Qwen-Image, 0 FLUX.
 #   PREFIX_E2E_PARTS      what to run, comma-separated, in this order: folder, latents, diffuse,
-#                         diffuse_offload, diffusers, diffusers_offload, reference, compare. Default:
-#                         all of them for FLUX; for Qwen-Image all but the two _offload parts. Each
+#                         diffuse_offload, diffusers, diffusers_offload, reference, stages, compare.
+#                         Default: all but stages for FLUX; for Qwen-Image all but stages and the two
+#                         _offload parts. stages says where the programs part when their outputs
+#                         differ: diffuse's model_sharding writes its embeddings, latents and image in
+#                         bfloat16 and in float32; diffusers runs in float32 from diffuse's float32
+#                         embeddings (writing its own too); then the float32 outputs of both, and each
+#                         program's bfloat16 outputs (diffusers': the diffusers part's, else one more
+#                         eager run), are compared with diffusers' float32 ones (Qwen-Image's ~62 GB
+#                         and FLUX's ~68 GB of float32 weights, as the reference). Each
 #                         part reads what the earlier ones wrote in OUT_DIR, so a long run can be split
 #                         over several commands (each under ~9 minutes on one H200: the FLUX folder
 #                         takes ~2, each diffusers part loads the folder again).
@@ -90,11 +98,11 @@ need_file() { [ -e "$1" ] || fail "$1 is missing: $2"; }
 part() { echo; echo "== $1"; }
 for p in ${parts//,/ }; do
   case $p in
-    folder | latents | diffuse | diffuse_offload | diffusers | diffusers_offload | reference | compare) ;;
+    folder | latents | diffuse | diffuse_offload | diffusers | diffusers_offload | reference | stages | compare) ;;
     *) fail "${prefix}_E2E_PARTS: unknown part '$p'" ;;
   esac
 done
-if want diffusers || want diffusers_offload || { want reference && [ "$reference" = 1 ]; }; then
+if want diffusers || want diffusers_offload || want stages || { want reference && [ "$reference" = 1 ]; }; then
   [ -d "$diffusers_src/diffusers" ] ||
     fail "DIFFUSERS_SRC $diffusers_src has no diffusers/ (give diffusers' src folder)"
 fi
@@ -146,8 +154,9 @@ print(f"latents {list(x.shape)} float32")
 PY
 fi
 
-common=(--model "$folder" --prompt "$prompt" --height "$size" --width "$size" --steps "$steps"
-        "${family_args[@]}" --dtype bfloat16 --latents "$latents")
+base=(--model "$folder" --prompt "$prompt" --height "$size" --width "$size" --steps "$steps"
+      "${family_args[@]}" --latents "$latents")
+common=("${base[@]}" --dtype bfloat16)
 
 # run_diffuse NAME [generate options...]: generate's last of $repeats calls, into NAME.log / NAME.safetensors.
 run_diffuse() {
@@ -190,11 +199,45 @@ fi
 compare() {
   local a=$out/$1 b=$out/$2 log=$out/$3; shift 3
   if [ -f "$a" ] && [ -f "$b" ]; then
-    python3 scripts/compare_outputs.py "$a" "$b" --names "$@" 2>&1 | tee "$log"
+    python3 scripts/compare_outputs.py "$a" "$b" --names "$@" 2>&1 | tee "$log" || echo "(compare_outputs.py failed)"
   else
     echo "(skipped: $([ -f "$a" ] || echo "$a ")$([ -f "$b" ] || echo "$b ")missing)"
   fi
 }
+# Stage by stage. The family's embedding tensors, under the names model_sharding writes them
+# (compare_diffusers.py writes diffusers' own as text.NAME).
+if [ "$family" = qwenimage ]; then embeddings=(prompt_embeds negative_prompt_embeds)
+else embeddings=(prompt_embeds pooled_prompt_embeds); fi
+if want stages; then
+  part "stages: each stage's output of both programs, in float32 and in bfloat16"
+  need_file "$build/examples/model_sharding" "build it (cmake --build $build --target model_sharding)"
+  need_file "$latents" "run the latents part first"
+  for dtype in float32 bfloat16; do
+    "$build/examples/model_sharding" "${base[@]}" --dtype $dtype --device "$device" \
+      --save-tensors "$out/stages_diffuse_$dtype.safetensors" --output "$out/stages_diffuse_$dtype.png" 2>&1 |
+      tee "$out/stages_diffuse_$dtype.log" | { grep -v '^\[' || true; }
+  done
+  run_diffusers stages_diffusers_float32 --dtype float32 --modes eager --warmup 0 --repeats 1 \
+    --embeddings "$out/stages_diffuse_float32.safetensors" | tail -3
+  # diffusers' bfloat16 outputs: the diffusers part's eager run (it saves its embeddings as text.*).
+  theirs=diffusers.safetensors
+  if [ ! -f "$out/$theirs" ]; then
+    theirs=stages_diffusers_bfloat16.safetensors
+    run_diffusers stages_diffusers_bfloat16 --modes eager --warmup 0 --repeats 1 | tail -3
+  fi
+  ours_names=(); theirs_names=()
+  for name in "${embeddings[@]}"; do ours_names+=("$name:text.$name"); theirs_names+=("text.$name"); done
+  echo "-- float32: diffuse vs diffusers (diffusers' latents and image from diffuse's float32 embeddings)"
+  compare stages_diffuse_float32.safetensors stages_diffusers_float32.safetensors stages_float32.log \
+    "${ours_names[@]}" latents:eager.latents image:eager.image
+  echo "-- diffuse bfloat16 vs diffusers float32"
+  compare stages_diffuse_bfloat16.safetensors stages_diffusers_float32.safetensors stages_diffuse_bfloat16.log \
+    "${ours_names[@]}" latents:eager.latents image:eager.image
+  echo "-- diffusers bfloat16 (eager) vs diffusers float32"
+  compare "$theirs" stages_diffusers_float32.safetensors stages_diffusers_bfloat16.log \
+    "${theirs_names[@]}" eager.latents eager.image
+fi
+
 if want compare; then
   part "compare: max|a-b|/max|b| (compare_outputs.py)"
   echo "-- diffuse vs diffusers eager (both bfloat16)"
