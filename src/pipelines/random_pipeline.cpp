@@ -1,8 +1,10 @@
 #include "diffuse/pipelines/random_pipeline.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <fstream>
 
 #include "diffuse/error.hpp"
@@ -27,10 +29,14 @@ void write_json(const std::filesystem::path& path, const nlohmann::json& value) 
   write_file_atomically(path, [&](std::ostream& out) { out << value.dump(2) << "\n"; });
 }
 
-// Random weights for one module, written under diffusers' file name.
 void write_weights(torch::nn::Module& module, const std::filesystem::path& folder, const std::string& base_name,
                    const RandomPipelineOptions& options, uint64_t seed) {
   init_random_parameters(module, seed);
+  save_weights(module, folder, base_name, options);
+}
+
+void save_weights(torch::nn::Module& module, const std::filesystem::path& folder, const std::string& base_name,
+                  const RandomPipelineOptions& options) {
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
   save_checkpoint(folder, base_name, tensors, options.max_shard_bytes);
@@ -227,6 +233,26 @@ void write_t5_tokenizer(const fs::path& folder, T5Config& config) {
                 {"special_tokens", {{"</s>", {{"id", "</s>"}, {"ids", {1}}, {"tokens", {"</s>"}}}}}}}},
               {"decoder", metaspace},
               {"model", {{"type", "Unigram"}, {"unk_id", 2}, {"vocab", vocab}, {"byte_fallback", false}}}});
+}
+
+// T5 does not scale its attention scores by 1/sqrt(d_kv): its own initialization folds that into the
+// query projections (standard deviation 1/sqrt(d_model * d_kv)), and so does this one. With 0.02
+// everywhere, T5-XXL's scores would have a standard deviation of ~13 (q and k entries of ~1.3 over 64
+// dimensions): nearly one-hot softmaxes whose winners bfloat16's rounding flips, so that two correct
+// programs (or one program in bfloat16 and in float32) would disagree by O(1) on such a folder.
+void write_t5_weights(const T5Config& config, const fs::path& folder, const RandomPipelineOptions& options,
+                      uint64_t seed) {
+  T5EncoderModel model(config, at::TensorOptions().dtype(options.dtype));
+  init_random_parameters(*model, seed);
+  const double query_std = 1.0 / std::sqrt(static_cast<double>(config.d_model * config.d_kv));
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  at::NoGradGuard no_grad;
+  for (auto& item : model->named_parameters(/*recurse=*/true)) {
+    at::Tensor& p = item.value();
+    if (item.key().find("SelfAttention.q.weight") != std::string::npos)
+      p.copy_(at::normal(0.0, query_std, p.sizes(), generator, at::TensorOptions().dtype(at::kFloat)));
+  }
+  save_weights(*model, folder, "model", options);
 }
 
 void copy_folder(const fs::path& from, const fs::path& to) {
@@ -429,10 +455,7 @@ void write_random_flux_pipeline(const fs::path& folder, const RandomPipelineOpti
   DIFFUSE_LOG_INFO("writing {} text_encoder_2 (T5)", options.shape);
   fs::create_directories(folder / "text_encoder_2");
   write_json(folder / "text_encoder_2" / "config.json", t5_config_json(shape.text_encoder_2));
-  {
-    T5EncoderModel model(shape.text_encoder_2, tensor_options);
-    write_weights(*model, folder / "text_encoder_2", "model", options, options.seed + 2);
-  }
+  write_t5_weights(shape.text_encoder_2, folder / "text_encoder_2", options, options.seed + 2);
   DIFFUSE_LOG_INFO("writing {} transformer", options.shape);
   fs::create_directories(folder / "transformer");
   write_json(folder / "transformer" / "config.json", transformer_config_json(shape.transformer));

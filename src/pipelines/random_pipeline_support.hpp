@@ -17,10 +17,15 @@ namespace diffuse::random_detail {
 // Writes `value` as indented JSON, replacing the file atomically.
 void write_json(const std::filesystem::path& path, const nlohmann::json& value);
 
-// Fills `module`'s parameters with random values from `seed` and writes them under diffusers' file
-// name (`base_name`.safetensors, or shards with an index past options.max_shard_bytes).
+// Fills `module`'s parameters with random values from `seed` (init_random_parameters) and writes them
+// with save_weights.
 void write_weights(torch::nn::Module& module, const std::filesystem::path& folder, const std::string& base_name,
                    const RandomPipelineOptions& options, uint64_t seed);
+
+// Writes `module`'s parameters under diffusers' file name (`base_name`.safetensors, or shards with an
+// index past options.max_shard_bytes).
+void save_weights(torch::nn::Module& module, const std::filesystem::path& folder, const std::string& base_name,
+                  const RandomPipelineOptions& options);
 
 }  // namespace diffuse::random_detail
 
