@@ -53,7 +53,8 @@ FLUX and Qwen-Image), and with --reference-float32 "float32_reference.image" / "
 float32 eager run with TF32 off: compare diffuse's `generate --save-tensors` output with
 scripts/compare_outputs.py. It also writes "text.prompt_embeds" (and "text.pooled_prompt_embeds",
 "text.negative_prompt_embeds", "text.prompt_embeds_mask", "text.negative_prompt_embeds_mask" where the
-family makes them) from the pipeline's own encode_prompt, one image per prompt: diffuse's
+family makes them; not with --modes model_offload alone) from the pipeline's own encode_prompt, one
+image per prompt: diffuse's
 `model_sharding --save-tensors` writes its embeddings under the same names without "text.", so a
 difference can be traced to the text side or to the denoiser.
 
@@ -986,7 +987,8 @@ def main(argv=None):
     write_report(report, args.json)
 
     saved = {}
-    if args.save_tensors and not reference_only:
+    # The embeddings need the text encoders on the GPU: not with model_offload alone (loaded to CPU memory).
+    if args.save_tensors and not reference_only and args.modes != ["model_offload"]:
         encoded = encode_prompts(pipe, family, args, prompts, guidance, true_cfg, torch)
         saved.update({f"text.{name}": tensor for name, tensor in encoded.items()})
     for mode in args.modes:
