@@ -245,7 +245,8 @@ void write_t5_weights(const T5Config& config, const fs::path& folder, const Rand
   T5EncoderModel model(config, at::TensorOptions().dtype(options.dtype));
   init_random_parameters(*model, seed);
   const double query_std = 1.0 / std::sqrt(static_cast<double>(config.d_model * config.d_kv));
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  // A stream of its own: `seed`'s would repeat the first parameters' draws (the embedding's) in q.
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed ^ 0x9E3779B97F4A7C15ULL);
   at::NoGradGuard no_grad;
   for (auto& item : model->named_parameters(/*recurse=*/true)) {
     at::Tensor& p = item.value();
