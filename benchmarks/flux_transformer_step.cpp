@@ -491,6 +491,11 @@ int count_only(const Arguments& args) {
   return 0;
 }
 
+// max|a-b| / max|b|: how --check and --check-float32 state a difference.
+double relative_error(const at::Tensor& a, const at::Tensor& b) {
+  return ((a - b).abs().max() / b.abs().max()).item<double>();
+}
+
 // --check-float32: each timed size's inputs and output, compared after timing.
 struct PrecisionCase {
   Resolution resolution;
@@ -509,9 +514,6 @@ diffuse::FluxTransformerInputs to_float32(diffuse::FluxTransformerInputs in) {
 // the low-precision call. Destructive, so it runs last: the weights are first given a storage each
 // (fuse_qkv_projections undone: three products again), then converted to float32.
 void check_against_float32(diffuse::FluxTransformer2DModel& model, const std::vector<PrecisionCase>& cases) {
-  auto relative = [](const at::Tensor& a, const at::Tensor& b) {
-    return ((a - b).abs().max() / b.abs().max()).item<double>();
-  };
   const bool was_fused = model->qkv_projections_fused();
   for (at::Tensor& p : model->parameters()) p.set_data(p.data().clone());
   std::vector<at::Tensor> unfused;
@@ -522,9 +524,9 @@ void check_against_float32(diffuse::FluxTransformer2DModel& model, const std::ve
     const at::Tensor reference = model->forward(to_float32(cases[i].inputs));
     std::cout << cases[i].resolution.height << "x" << cases[i].resolution.width
               << " against float32 (max|a-b|/max|b|): as timed (q/k/v " << (was_fused ? "fused" : "unfused") << ") "
-              << significant(relative(cases[i].output, reference)) << ", q/k/v unfused "
-              << significant(relative(unfused[i], reference)) << "; as timed against unfused "
-              << significant(relative(cases[i].output, unfused[i])) << std::endl;
+              << significant(relative_error(cases[i].output, reference)) << ", q/k/v unfused "
+              << significant(relative_error(unfused[i], reference)) << "; as timed against unfused "
+              << significant(relative_error(cases[i].output, unfused[i])) << std::endl;
   }
 }
 
@@ -646,7 +648,7 @@ int run(const Arguments& args) {
       model->disable_parallelism();
       const at::Tensor alone = model->forward(inputs).to(at::kFloat);
       model->enable_parallelism(parallel, std::shared_ptr<diffuse::Communicator>(world, [](diffuse::Communicator*) {}));
-      check_error = ((out - alone).abs().max() / alone.abs().max()).item<double>();
+      check_error = relative_error(out, alone);
     }
 
     // Rank 0 collects every rank's step times and peaks.
